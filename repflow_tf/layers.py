@@ -1,0 +1,385 @@
+"""Keras layers: the representation flow layer and the paper's in-network flow block."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from repflow_tf import ops
+
+LEARNABLE_GROUPS = ("sobel", "divergence", "hyper")
+FLOW_STACKS = ("single", "fof", "fcf")
+_PACKAGE = "repflow_tf"
+
+
+def _validate_positive(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not value > 0:
+        raise ValueError(f"`{name}` must be a positive number. Received: {name}={value!r}")
+    return float(value)
+
+
+def _validate_learn(learn) -> tuple[str, ...]:
+    if isinstance(learn, str):
+        learn = (learn,)
+    learn = tuple(learn or ())
+    unknown = [group for group in learn if group not in LEARNABLE_GROUPS]
+    if unknown:
+        raise ValueError(
+            f"`learn` must be a subset of {LEARNABLE_GROUPS}. Received: learn={learn!r} "
+            f"(unknown: {unknown})"
+        )
+    return tuple(group for group in LEARNABLE_GROUPS if group in learn)
+
+
+def normalize_per_channel(clips: tf.Tensor) -> tf.Tensor:
+    """Rescales each example's channel to [0, 255] over (time, height, width); constant gives 0.
+
+    >>> x = tf.random.uniform((2, 3, 4, 4, 5))
+    >>> y = normalize_per_channel(x)
+    >>> float(tf.reduce_max(y)), float(tf.reduce_min(y))
+    (255.0, 0.0)
+    """
+    low = tf.reduce_min(clips, axis=(1, 2, 3), keepdims=True)
+    span = tf.reduce_max(clips, axis=(1, 2, 3), keepdims=True) - low
+    # A safe denominator keeps the gradient finite for constant channels, not just the value.
+    safe_span = tf.where(span > 0, span, tf.ones_like(span))
+    return tf.where(span > 0, (clips - low) * (255.0 / safe_span), tf.zeros_like(clips))
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class RepresentationFlow(keras.layers.Layer):
+    """Learnable TV-L1 flow of every channel between consecutive frames (the paper's Algorithm 1).
+
+    Input `(batch, time, height, width, channels)`, output `(batch, time - 1, height, width,
+    2 * channels)`: the x flows of all channels, then the y flows. The flow is computed in float32
+    whatever the dtype policy (|∇F|² of 0..255 data overflows float16) and cast to the compute
+    dtype. θ, λ, τ are stored as logarithms so they stay positive while learned.
+
+    Args:
+        num_iter: number of TV-L1 iterations (one `tf.while_loop`).
+        gradient: image-gradient kernel, `"sobel"` (Sobel / 8) or `"central"` ([-0.5, 0, 0.5]).
+        learn: learnable groups, a subset of `("sobel", "divergence", "hyper")` (paper Table 2);
+            the other groups are non-trainable weights.
+        theta, lambda_, tau: initial θ, λ, τ.
+        normalize: rescale each example's channels to [0, 255] before computing the flow.
+
+    Example:
+
+    >>> layer = RepresentationFlow(num_iter=5)
+    >>> layer(tf.random.uniform((2, 4, 16, 16, 3)) * 255).shape
+    TensorShape([2, 3, 16, 16, 6])
+    """
+
+    def __init__(
+        self,
+        num_iter: int = 20,
+        gradient: str = "sobel",
+        learn: Iterable[str] = ("divergence", "hyper"),
+        theta: float = 0.3,
+        lambda_: float = 0.15,
+        tau: float = 0.25,
+        normalize: bool = True,
+        **kwargs,
+    ):
+        # Variables must not be autocast: the whole iteration runs in float32.
+        kwargs["autocast"] = False
+        super().__init__(**kwargs)
+        ops.validate_num_iter(num_iter)
+        if gradient not in ops.GRADIENTS:
+            raise ValueError(
+                f"`gradient` must be one of {ops.GRADIENTS}. Received: gradient={gradient!r}"
+            )
+        self.num_iter = int(num_iter)
+        self.gradient = gradient
+        self.learn = _validate_learn(learn)
+        self.theta = _validate_positive("theta", theta)
+        self.lambda_ = _validate_positive("lambda_", lambda_)
+        self.tau = _validate_positive("tau", tau)
+        self.normalize = bool(normalize)
+
+    def _check_input_shape(self, input_shape) -> None:
+        if len(input_shape) != 5:
+            raise ValueError(
+                f"{type(self).__name__} expects inputs of rank 5 (batch, time, height, width, "
+                f"channels). Received: inputs.shape={tuple(input_shape)}"
+            )
+        if input_shape[1] is not None and input_shape[1] < 2:
+            raise ValueError(
+                f"{type(self).__name__} needs at least 2 frames (time >= 2). "
+                f"Received: inputs.shape={tuple(input_shape)}"
+            )
+        if input_shape[-1] is None:
+            raise ValueError(
+                f"The channel dimension of the inputs must be known. "
+                f"Received: inputs.shape={tuple(input_shape)}"
+            )
+
+    def build(self, input_shape):
+        self._check_input_shape(input_shape)
+        channels = int(input_shape[-1])
+
+        def constant_weight(name, value, group):
+            value = np.asarray(value, dtype="float32")
+            return self.add_weight(
+                name=name,
+                shape=value.shape,
+                initializer=lambda shape, dtype=None: tf.constant(value, dtype=dtype),
+                trainable=group in self.learn,
+                autocast=False,
+            )
+
+        image_x, image_y = ops.image_gradient_kernels(self.gradient, channels)
+        diff_x, diff_y = ops.difference_kernels(channels)
+        self.image_gradient_x = constant_weight("image_gradient_x", image_x, "sobel")
+        self.image_gradient_y = constant_weight("image_gradient_y", image_y, "sobel")
+        self.forward_difference_x = constant_weight("forward_difference_x", diff_x, "divergence")
+        self.forward_difference_y = constant_weight("forward_difference_y", diff_y, "divergence")
+        self.divergence_x = constant_weight("divergence_x", diff_x, "divergence")
+        self.divergence_y = constant_weight("divergence_y", diff_y, "divergence")
+        self.log_theta = constant_weight("log_theta", np.log(self.theta), "hyper")
+        self.log_lambda = constant_weight("log_lambda", np.log(self.lambda_), "hyper")
+        self.log_tau = constant_weight("log_tau", np.log(self.tau), "hyper")
+
+    def hyperparameters(self) -> dict[str, tf.Tensor]:
+        """The current θ, λ, τ (derived from their logarithms, so gradients reach them)."""
+        return {
+            "theta": tf.exp(self.log_theta.value),
+            "lambda": tf.exp(self.log_lambda.value),
+            "tau": tf.exp(self.log_tau.value),
+        }
+
+    def call(self, inputs):
+        if not inputs.dtype.is_floating:
+            raise ValueError(
+                f"{type(self).__name__} expects floating-point inputs. "
+                f"Received: inputs.dtype={inputs.dtype.name}"
+            )
+        clips = tf.cast(inputs, tf.float32)
+        if self.normalize:
+            clips = normalize_per_channel(clips)
+        shape = tf.shape(clips)
+        pairs = shape[0] * (shape[1] - 1)
+        frame_shape = tf.stack([pairs, shape[2], shape[3], shape[4]])
+        first = tf.reshape(clips[:, :-1], frame_shape)
+        second = tf.reshape(clips[:, 1:], frame_shape)
+        hyper = self.hyperparameters()
+        flow_x, flow_y = ops.tvl1_iterate(
+            first,
+            second,
+            image_kernels=(self.image_gradient_x.value, self.image_gradient_y.value),
+            difference_kernels=(self.forward_difference_x.value, self.forward_difference_y.value),
+            divergence_kernels=(self.divergence_x.value, self.divergence_y.value),
+            theta=hyper["theta"],
+            lambda_=hyper["lambda"],
+            tau=hyper["tau"],
+            num_iter=self.num_iter,
+        )
+        out_shape = tf.concat([shape[:1], shape[1:2] - 1, shape[2:]], axis=0)
+        flow = tf.concat([tf.reshape(flow_x, out_shape), tf.reshape(flow_y, out_shape)], axis=-1)
+        return tf.cast(flow, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        self._check_input_shape(input_shape)
+        batch, time, height, width, channels = input_shape
+        return (batch, None if time is None else time - 1, height, width, 2 * channels)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_iter": self.num_iter,
+                "gradient": self.gradient,
+                "learn": list(self.learn),
+                "theta": self.theta,
+                "lambda_": self.lambda_,
+                "tau": self.tau,
+                "normalize": self.normalize,
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class FlowBlock(keras.layers.Layer):
+    """The paper's in-network flow block: reduce -> normalise -> flow -> conv -> BN -> residual.
+
+    A 1x1 conv reduces C channels to `channels_reduced` (C'), the representation flow layer turns
+    them into 2C' flow channels, a 3x3 conv maps them back to C, batch norm with a zero-initialised
+    scale follows (so the block starts as the identity), and the result is added to the input and
+    passed through a ReLU. Alignment: the flow from frame t-1 to t is added to frame t, i.e. the
+    residual is `inputs[:, 1:]`, so the output has `time - 1` frames.
+
+    Args:
+        channels_reduced: channels C' the flow is computed on (the paper uses 32).
+        num_iter, gradient, learn, theta, lambda_, tau: passed to `RepresentationFlow`.
+        synchronized_bn: use `BatchNormalization(synchronized=True)` (for distributed training).
+
+    Example:
+
+    >>> block = FlowBlock(channels_reduced=4, num_iter=3)
+    >>> block(tf.random.uniform((2, 5, 8, 8, 16))).shape
+    TensorShape([2, 4, 8, 8, 16])
+    """
+
+    def __init__(
+        self,
+        channels_reduced: int = 32,
+        num_iter: int = 20,
+        gradient: str = "sobel",
+        learn: Iterable[str] = ("divergence", "hyper"),
+        theta: float = 0.3,
+        lambda_: float = 0.15,
+        tau: float = 0.25,
+        synchronized_bn: bool = False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if (
+            isinstance(channels_reduced, bool)
+            or not isinstance(channels_reduced, (int, np.integer))
+            or channels_reduced < 1
+        ):
+            raise ValueError(
+                "`channels_reduced` must be a positive integer. "
+                f"Received: channels_reduced={channels_reduced!r}"
+            )
+        self.channels_reduced = int(channels_reduced)
+        self.synchronized_bn = bool(synchronized_bn)
+        self.flow = RepresentationFlow(
+            num_iter=num_iter,
+            gradient=gradient,
+            learn=learn,
+            theta=theta,
+            lambda_=lambda_,
+            tau=tau,
+            normalize=True,
+            dtype=self.dtype_policy,
+            name="representation_flow",
+        )
+        self.reduce = keras.layers.Conv3D(
+            self.channels_reduced, (1, 1, 1), use_bias=False, dtype=self.dtype_policy, name="reduce"
+        )
+
+    def build(self, input_shape):
+        if len(input_shape) != 5:
+            raise ValueError(
+                f"FlowBlock expects inputs of rank 5 (batch, time, height, width, channels). "
+                f"Received: inputs.shape={tuple(input_shape)}"
+            )
+        channels = input_shape[-1]
+        self.reduce.build(input_shape)
+        reduced_shape = self.reduce.compute_output_shape(input_shape)
+        self.flow.build(reduced_shape)
+        flow_shape = self.flow.compute_output_shape(reduced_shape)
+        self.expand = keras.layers.Conv3D(
+            channels,
+            (1, 3, 3),
+            padding="same",
+            use_bias=False,
+            dtype=self.dtype_policy,
+            name="expand",
+        )
+        self.expand.build(flow_shape)
+        self.norm = keras.layers.BatchNormalization(
+            gamma_initializer="zeros",
+            synchronized=self.synchronized_bn,
+            dtype=self.dtype_policy,
+            name="norm",
+        )
+        self.norm.build(self.expand.compute_output_shape(flow_shape))
+
+    def call(self, inputs, training=None):
+        flow = self.flow(self.reduce(inputs))
+        residual = self.norm(self.expand(flow), training=training)
+        return tf.nn.relu(inputs[:, 1:] + residual)
+
+    def compute_output_shape(self, input_shape):
+        batch, time, height, width, channels = input_shape
+        return (batch, None if time is None else time - 1, height, width, channels)
+
+    def get_config(self):
+        config = super().get_config()
+        flow_config = self.flow.get_config()
+        config.update(
+            {
+                "channels_reduced": self.channels_reduced,
+                "synchronized_bn": self.synchronized_bn,
+                **{
+                    key: flow_config[key]
+                    for key in ("num_iter", "gradient", "learn", "theta", "lambda_", "tau")
+                },
+            }
+        )
+        return config
+
+
+def flow_stack(
+    kind: str = "single",
+    *,
+    channels_reduced: int = 32,
+    synchronized_bn: bool = False,
+    name: str | None = None,
+    **flow_kwargs,
+) -> keras.Sequential:
+    """One or two flow blocks: `"single"`, flow-of-flow `"fof"`, or flow-conv-flow `"fcf"`.
+
+    `"fof"` stacks two `FlowBlock`s directly; `"fcf"` puts a 3x3 conv + BN + ReLU between them
+    (the paper's best variant, Table 5). Each block shortens time by one frame.
+
+    >>> stack = flow_stack("fcf", channels_reduced=4, num_iter=3)
+    >>> stack(tf.random.uniform((2, 5, 8, 8, 16))).shape
+    TensorShape([2, 3, 8, 8, 16])
+    """
+    if kind not in FLOW_STACKS:
+        raise ValueError(f"`kind` must be one of {FLOW_STACKS}. Received: kind={kind!r}")
+
+    def block(index):
+        return FlowBlock(
+            channels_reduced=channels_reduced,
+            synchronized_bn=synchronized_bn,
+            name=f"flow_block_{index}",
+            **flow_kwargs,
+        )
+
+    layers = [block(1)]
+    if kind != "single":
+        if kind == "fcf":
+            layers.append(_ConvBNReLU(synchronized_bn=synchronized_bn, name="flow_conv"))
+        layers.append(block(2))
+    return keras.Sequential(layers, name=name or f"flow_stack_{kind}")
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class _ConvBNReLU(keras.layers.Layer):
+    """3x3 per-frame conv keeping the channel count, batch norm, ReLU (the "c" of FcF)."""
+
+    def __init__(self, synchronized_bn: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.synchronized_bn = bool(synchronized_bn)
+
+    def build(self, input_shape):
+        self.conv = keras.layers.Conv3D(
+            input_shape[-1],
+            (1, 3, 3),
+            padding="same",
+            use_bias=False,
+            dtype=self.dtype_policy,
+            name="conv",
+        )
+        self.conv.build(input_shape)
+        self.norm = keras.layers.BatchNormalization(
+            synchronized=self.synchronized_bn, dtype=self.dtype_policy, name="norm"
+        )
+        self.norm.build(input_shape)
+
+    def call(self, inputs, training=None):
+        return tf.nn.relu(self.norm(self.conv(inputs), training=training))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "synchronized_bn": self.synchronized_bn}
