@@ -11,13 +11,24 @@ import tensorflow as tf
 from repflow_tf import ops
 
 LEARNABLE_GROUPS = ("sobel", "divergence", "hyper")
+# Learned θ, λ, τ are kept within [1e-4, 1e4]: exp(log θ) of an unbounded log underflows to 0
+# (τ/θ = inf, NaN flow) or overflows to inf after one large optimizer step.
+_LOG_HYPER_RANGE = (float(np.log(1e-4)), float(np.log(1e4)))
 FLOW_STACKS = ("single", "fof", "fcf")
 _PACKAGE = "repflow_tf"
 
 
-def _validate_positive(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not value > 0:
-        raise ValueError(f"`{name}` must be a positive number. Received: {name}={value!r}")
+def _validate_hyperparameter(name: str, value) -> float:
+    low, high = np.exp(_LOG_HYPER_RANGE)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float, np.number))
+        or not low <= value <= high
+    ):
+        raise ValueError(
+            f"`{name}` must be a positive number in [{low:.0e}, {high:.0e}]. "
+            f"Received: {name}={value!r}"
+        )
     return float(value)
 
 
@@ -46,7 +57,9 @@ def normalize_per_channel(clips: tf.Tensor) -> tf.Tensor:
     span = tf.reduce_max(clips, axis=(1, 2, 3), keepdims=True) - low
     # A safe denominator keeps the gradient finite for constant channels, not just the value.
     safe_span = tf.where(span > 0, span, tf.ones_like(span))
-    return tf.where(span > 0, (clips - low) * (255.0 / safe_span), tf.zeros_like(clips))
+    # Divide first: (max - low) / span is exactly 1, so the range is exactly [0, 255]
+    # (multiplying by a rounded 255 / span can land on 255.00002).
+    return tf.where(span > 0, (clips - low) / safe_span * 255.0, tf.zeros_like(clips))
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -56,7 +69,8 @@ class RepresentationFlow(keras.layers.Layer):
     Input `(batch, time, height, width, channels)`, output `(batch, time - 1, height, width,
     2 * channels)`: the x flows of all channels, then the y flows. The flow is computed in float32
     whatever the dtype policy (|∇F|² of 0..255 data overflows float16) and cast to the compute
-    dtype. θ, λ, τ are stored as logarithms so they stay positive while learned.
+    dtype. θ, λ, τ are stored as logarithms so they stay positive while learned (and within
+    [1e-4, 1e4], so a large optimizer step cannot make them 0 or inf).
 
     Args:
         num_iter: number of TV-L1 iterations (one `tf.while_loop`).
@@ -95,9 +109,9 @@ class RepresentationFlow(keras.layers.Layer):
         self.num_iter = int(num_iter)
         self.gradient = gradient
         self.learn = _validate_learn(learn)
-        self.theta = _validate_positive("theta", theta)
-        self.lambda_ = _validate_positive("lambda_", lambda_)
-        self.tau = _validate_positive("tau", tau)
+        self.theta = _validate_hyperparameter("theta", theta)
+        self.lambda_ = _validate_hyperparameter("lambda_", lambda_)
+        self.tau = _validate_hyperparameter("tau", tau)
         self.normalize = bool(normalize)
 
     def _check_input_shape(self, input_shape) -> None:
@@ -121,7 +135,7 @@ class RepresentationFlow(keras.layers.Layer):
         self._check_input_shape(input_shape)
         channels = int(input_shape[-1])
 
-        def constant_weight(name, value, group):
+        def constant_weight(name, value, group, constraint=None):
             value = np.asarray(value, dtype="float32")
             return self.add_weight(
                 name=name,
@@ -129,7 +143,11 @@ class RepresentationFlow(keras.layers.Layer):
                 initializer=lambda shape, dtype=None: tf.constant(value, dtype=dtype),
                 trainable=group in self.learn,
                 autocast=False,
+                constraint=constraint,
             )
+
+        def clip_log(log_value):  # applied by Keras optimizers after each step
+            return tf.clip_by_value(log_value, *_LOG_HYPER_RANGE)
 
         image_x, image_y = ops.image_gradient_kernels(self.gradient, channels)
         diff_x, diff_y = ops.difference_kernels(channels)
@@ -139,16 +157,20 @@ class RepresentationFlow(keras.layers.Layer):
         self.forward_difference_y = constant_weight("forward_difference_y", diff_y, "divergence")
         self.divergence_x = constant_weight("divergence_x", diff_x, "divergence")
         self.divergence_y = constant_weight("divergence_y", diff_y, "divergence")
-        self.log_theta = constant_weight("log_theta", np.log(self.theta), "hyper")
-        self.log_lambda = constant_weight("log_lambda", np.log(self.lambda_), "hyper")
-        self.log_tau = constant_weight("log_tau", np.log(self.tau), "hyper")
+        self.log_theta = constant_weight("log_theta", np.log(self.theta), "hyper", clip_log)
+        self.log_lambda = constant_weight("log_lambda", np.log(self.lambda_), "hyper", clip_log)
+        self.log_tau = constant_weight("log_tau", np.log(self.tau), "hyper", clip_log)
 
     def hyperparameters(self) -> dict[str, tf.Tensor]:
         """The current θ, λ, τ (derived from their logarithms, so gradients reach them)."""
+
+        def positive(log_value):  # clipped again in case the variable was assigned directly
+            return tf.exp(tf.clip_by_value(log_value, *_LOG_HYPER_RANGE))
+
         return {
-            "theta": tf.exp(self.log_theta.value),
-            "lambda": tf.exp(self.log_lambda.value),
-            "tau": tf.exp(self.log_tau.value),
+            "theta": positive(self.log_theta.value),
+            "lambda": positive(self.log_lambda.value),
+            "tau": positive(self.log_tau.value),
         }
 
     def call(self, inputs):
