@@ -8,7 +8,10 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import json
+import os
+import tomllib
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 KINDS = ("2d", "2plus1d", "3d")
@@ -37,6 +40,31 @@ def _check_int(name: str, value: Any, minimum: int, allow_none: bool = False) ->
             f"`{name}` must be an integer >= {minimum}{' or None' if allow_none else ''}. "
             f"Received: {name}={value!r}"
         )
+
+
+def _check_float(
+    name: str, value: Any, minimum: float, maximum: float | None = None, strict: bool = False
+) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not (value > minimum if strict else value >= minimum)
+        or (maximum is not None and value > maximum)
+    ):
+        bound = f"{'>' if strict else '>='} {minimum}" + (
+            f" and <= {maximum}" if maximum is not None else ""
+        )
+        raise ValueError(f"`{name}` must be a number {bound}. Received: {name}={value!r}")
+
+
+def _check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"`{name}` must be true or false. Received: {name}={value!r}")
+
+
+def _check_str(name: str, value: Any) -> None:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"`{name}` must be a non-empty string. Received: {name}={value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,6 +178,205 @@ class ModelConfig:
         return 1 if self.flow_stack == "single" else 2
 
 
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the clips come from and how they are sampled (`repflow_tf.data.video_dataset`).
+
+    Attributes:
+        root: directory holding one converted split directory per split (`<root>/<split>/`
+            with shards and `manifest.json`), as written by `repflow-convert`.
+        synthetic: generate the embedded synthetic motion dataset into `root` when it is missing.
+        synthetic_train, synthetic_val: videos per split of the synthetic dataset.
+        synthetic_size: frame size of the synthetic videos.
+        train_split, val_split: split names under `root`.
+        num_frames, stride: frames per clip and the temporal stride between them.
+        crop_size: clip height and width.
+        batch_size: global batch size (split over the replicas of a strategy).
+        eval_clips: evenly spaced clips per video at evaluation (video-level accuracy).
+        shuffle_buffer: clips in the training shuffle buffer.
+    """
+
+    root: str = "data/synthetic"
+    synthetic: bool = False
+    synthetic_train: int = 512
+    synthetic_val: int = 128
+    synthetic_size: int = 64
+    train_split: str = "train"
+    val_split: str = "val"
+    num_frames: int = 16
+    stride: int = 1
+    crop_size: int = 112
+    batch_size: int = 8
+    eval_clips: int = 1
+    shuffle_buffer: int = 256
+
+    def __post_init__(self):
+        for name in ("synthetic_train", "synthetic_val", "stride", "batch_size", "eval_clips"):
+            _check_int(name, getattr(self, name), 1)
+        _check_int("num_frames", self.num_frames, 2)
+        _check_int("crop_size", self.crop_size, 16)
+        _check_int("synthetic_size", self.synthetic_size, 16)
+        _check_int("shuffle_buffer", self.shuffle_buffer, 0)
+        for name in ("root", "train_split", "val_split"):
+            _check_str(name, getattr(self, name))
+        _check_bool("synthetic", self.synthetic)
+
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """The optimizer (paper, Appendix A: SGD with momentum 0.9).
+
+    Attributes:
+        name: `"sgd"`, `"adam"` or `"adamw"`.
+        learning_rate: base learning rate (the schedule scales it).
+        momentum: SGD momentum.
+        nesterov: SGD Nesterov momentum.
+        weight_decay: decoupled weight decay of the non-flow parameters (0: none).
+        flow_lr_multiplier: learning-rate factor of the representation flow parameters
+            (θ, λ, τ, divergence and gradient kernels); the paper uses 0.01.
+        label_smoothing: label smoothing of the cross-entropy.
+        clipnorm: clip each gradient to this norm (0: no clipping).
+    """
+
+    name: str = "sgd"
+    learning_rate: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    flow_lr_multiplier: float = 0.01
+    label_smoothing: float = 0.0
+    clipnorm: float = 0.0
+
+    def __post_init__(self):
+        _check_choice("name", self.name, OPTIMIZERS)
+        _check_float("learning_rate", self.learning_rate, 0.0, strict=True)
+        _check_float("momentum", self.momentum, 0.0, maximum=1.0)
+        _check_float("weight_decay", self.weight_decay, 0.0)
+        _check_float("flow_lr_multiplier", self.flow_lr_multiplier, 0.0)
+        _check_float("label_smoothing", self.label_smoothing, 0.0, maximum=1.0)
+        _check_float("clipnorm", self.clipnorm, 0.0)
+
+
+SCHEDULES = ("step", "cosine", "constant")
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduleConfig:
+    """The learning-rate schedule, in epochs (paper: step decay by 10x).
+
+    Attributes:
+        kind: `"step"` (multiply by `decay_factor` at each of `decay_epochs`), `"cosine"`
+            (to 0 at the last epoch) or `"constant"`.
+        decay_epochs: epochs at which the step schedule decays.
+        decay_factor: the step schedule's factor.
+        warmup_epochs: linear warm-up from 0 over this many epochs (may be fractional).
+    """
+
+    kind: str = "step"
+    decay_epochs: tuple[int, ...] = ()
+    decay_factor: float = 0.1
+    warmup_epochs: float = 0.0
+
+    def __post_init__(self):
+        _check_choice("kind", self.kind, SCHEDULES)
+        epochs = self.decay_epochs
+        if not isinstance(epochs, (list, tuple)) or any(
+            isinstance(e, bool) or not isinstance(e, int) or e < 1 for e in epochs
+        ):
+            raise ValueError(
+                "`decay_epochs` must be a list of positive integers. "
+                f"Received: decay_epochs={epochs!r}"
+            )
+        object.__setattr__(self, "decay_epochs", tuple(sorted(epochs)))
+        _check_float("decay_factor", self.decay_factor, 0.0, strict=True)
+        _check_float("warmup_epochs", self.warmup_epochs, 0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainerConfig:
+    """The training loop.
+
+    Attributes:
+        epochs: number of epochs.
+        steps_per_epoch: training steps per epoch (0: one pass over the training split).
+        validation_steps: validation batches per epoch (0: the whole validation split).
+        checkpoint_every_steps: also checkpoint every this many steps (0: only every epoch).
+        flow_images_every_epochs: write colour-coded learned flow images every this many
+            epochs (0: never).
+        histograms_every_epochs: write weight histograms every this many epochs (0: never).
+        log_every_steps: print a progress line every this many steps.
+    """
+
+    epochs: int = 10
+    steps_per_epoch: int = 0
+    validation_steps: int = 0
+    checkpoint_every_steps: int = 0
+    flow_images_every_epochs: int = 1
+    histograms_every_epochs: int = 1
+    log_every_steps: int = 10
+
+    def __post_init__(self):
+        _check_int("epochs", self.epochs, 1)
+        for name in (
+            "steps_per_epoch",
+            "validation_steps",
+            "checkpoint_every_steps",
+            "flow_images_every_epochs",
+            "histograms_every_epochs",
+        ):
+            _check_int(name, getattr(self, name), 0)
+        _check_int("log_every_steps", self.log_every_steps, 1)
+
+
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeConfig:
+    """How training runs.
+
+    Attributes:
+        strategy: `"auto"` (mirrored over all GPUs when there are several, else one device),
+            `"one_device"`, `"mirrored"` or `"multi_worker"` (a custom loop on
+            MultiWorkerMirroredStrategy; the cluster comes from TF_CONFIG).
+        precision: `"float32"`, `"mixed_float16"` or `"mixed_bfloat16"`.
+        jit_compile: compile the train step with XLA.
+        seed: seed of the weights and of the input pipeline.
+    """
+
+    strategy: str = "auto"
+    precision: str = "float32"
+    jit_compile: bool = False
+    seed: int = 0
+
+    def __post_init__(self):
+        _check_choice("strategy", self.strategy, STRATEGIES)
+        _check_choice("precision", self.precision, PRECISIONS)
+        _check_bool("jit_compile", self.jit_compile)
+        _check_int("seed", self.seed, 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """A whole experiment: one TOML file with a table per section.
+
+    >>> config = ExperimentConfig()
+    >>> config.model.flow_position, config.optimizer.flow_lr_multiplier
+    ('block3', 0.01)
+    """
+
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    trainer: TrainerConfig = TrainerConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+
 def from_dict(cls: type[_Config], values: Mapping[str, Any]) -> _Config:
     """Builds the dataclass `cls` from `values`, rejecting keys that are not fields of `cls`.
 
@@ -170,3 +397,108 @@ def from_dict(cls: type[_Config], values: Mapping[str, Any]) -> _Config:
 def model_config_from_dict(values: Mapping[str, Any]) -> ModelConfig:
     """`ModelConfig` from a dict (e.g. a TOML table); unknown keys raise a ValueError."""
     return from_dict(ModelConfig, values)
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema; the message names file and key."""
+
+
+_SECTIONS = {field.name: type(field.default) for field in dataclasses.fields(ExperimentConfig)}
+
+
+def _section_class(name: str) -> type:
+    return _SECTIONS[name]
+
+
+def _parse_override(override: str) -> tuple[list[str], Any]:
+    if "=" not in override:
+        raise ConfigError(
+            f"--set expects key.path=value (e.g. optimizer.learning_rate=0.01). "
+            f"Received: {override!r}"
+        )
+    key, raw = override.split("=", 1)
+    path = key.strip().split(".")
+    if len(path) != 2 or not all(path):
+        raise ConfigError(f"--set key must be section.key (e.g. trainer.epochs). Received: {key!r}")
+    try:
+        value = tomllib.loads(f"value = {raw.strip()}")["value"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()  # a bare word: a string without quotes
+    return path, value
+
+
+def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Reads an experiment TOML file (None: all defaults) and applies `section.key=value` overrides.
+
+    Unknown sections or keys and values of the wrong type raise `ConfigError` naming the file
+    and the key.
+
+    >>> load_config(None, ["trainer.epochs=3", "model.depth=18"]).trainer.epochs
+    3
+    """
+    tables: dict[str, dict[str, Any]] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as file:
+                tables = tomllib.load(file)
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"{path}: not valid TOML: {error}") from None
+    file_sections = _build_sections(tables, path or "<defaults>")
+    if not overrides:
+        return ExperimentConfig(**file_sections)
+    for override in overrides:
+        (section, key), value = _parse_override(override)
+        tables.setdefault(section, {})[key] = value
+    # Validated twice so that an error names its origin: the file, or the --set overrides.
+    sections = _build_sections(tables, "--set " + " ".join(overrides))
+    return ExperimentConfig(**sections)
+
+
+def _build_sections(tables: dict[str, Any], origin: str) -> dict[str, Any]:
+    sections = {}
+    for section, values in tables.items():
+        if section not in _SECTIONS:
+            raise ConfigError(
+                f"{origin}: unknown section [{section}]. Valid sections: {', '.join(_SECTIONS)}"
+            )
+        if not isinstance(values, dict):
+            raise ConfigError(f"{origin}: `{section}` must be a table [{section}]")
+        try:
+            sections[section] = from_dict(_section_class(section), values)
+        except (ValueError, TypeError) as error:
+            raise ConfigError(f"{origin}: [{section}] {error}") from None
+    return sections
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string literal is a valid TOML basic string
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    raise TypeError(f"cannot write {value!r} to TOML")
+
+
+def config_to_toml(config: ExperimentConfig) -> str:
+    """The config as TOML text that `load_config` reads back to an equal config (None omitted)."""
+    lines = []
+    for section in _SECTIONS:
+        lines.append(f"[{section}]")
+        for key, value in dataclasses.asdict(getattr(config, section)).items():
+            if value is not None:
+                lines.append(f"{key} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def save_config(config: ExperimentConfig, path: str) -> None:
+    """Writes the resolved config atomically (temporary file + rename)."""
+    temporary = f"{path}.tmp"
+    with open(temporary, "w", encoding="utf-8") as file:
+        file.write(config_to_toml(config))
+    os.replace(temporary, path)
