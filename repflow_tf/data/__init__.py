@@ -1,0 +1,80 @@
+"""Video data: list parsers, video -> TFRecord conversion, the tf.data clip pipeline, demo data.
+
+Independent of the models (it never imports repflow_tf.ops, layers or models).
+
+>>> from repflow_tf.data import make_synthetic_dataset, video_dataset
+"""
+
+from repflow_tf.data.convert import (
+    ConvertOptions,
+    convert_dataset,
+    convert_split,
+    encode_video,
+    report_rejections,
+)
+from repflow_tf.data.manifest import Manifest, Rejection, ShardInfo, load_manifest
+from repflow_tf.data.pipeline import FRAME_RANGE, list_shards, video_dataset
+from repflow_tf.data.schema import (
+    FILENAME_KEY,
+    IMAGE_KEY,
+    LABEL_INDEX_KEY,
+    LABEL_TEXT_KEY,
+    DataError,
+    make_sequence_example,
+    parse_sequence_example,
+    shard_name,
+)
+from repflow_tf.data.splits import (
+    FORMATS,
+    ListFormatError,
+    SplitList,
+    VideoEntry,
+    parse_csv,
+    parse_hmdb51,
+    parse_kinetics,
+    parse_ucf101,
+    read_class_list,
+    read_split_lists,
+)
+from repflow_tf.data.synthetic import class_names, make_synthetic_dataset, render_clip
+from repflow_tf.data.video import VideoDecodeError, iter_frames, read_video, write_video
+
+__all__ = [
+    "FILENAME_KEY",
+    "FORMATS",
+    "FRAME_RANGE",
+    "IMAGE_KEY",
+    "LABEL_INDEX_KEY",
+    "LABEL_TEXT_KEY",
+    "ConvertOptions",
+    "DataError",
+    "ListFormatError",
+    "Manifest",
+    "Rejection",
+    "ShardInfo",
+    "SplitList",
+    "VideoDecodeError",
+    "VideoEntry",
+    "class_names",
+    "convert_dataset",
+    "convert_split",
+    "encode_video",
+    "iter_frames",
+    "list_shards",
+    "load_manifest",
+    "make_sequence_example",
+    "make_synthetic_dataset",
+    "parse_csv",
+    "parse_hmdb51",
+    "parse_kinetics",
+    "parse_sequence_example",
+    "parse_ucf101",
+    "read_class_list",
+    "read_split_lists",
+    "read_video",
+    "render_clip",
+    "report_rejections",
+    "shard_name",
+    "video_dataset",
+    "write_video",
+]

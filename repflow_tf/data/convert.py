@@ -1,0 +1,464 @@
+"""Video files -> sharded TFRecords of JPEG frames, in parallel, resumable, with a manifest.
+
+Each split is shuffled once (seeded) and cut into shards of `videos_per_shard` videos, so each shard
+mixes classes. A worker process writes one shard at a time to `<shard>.tmp`, records what it
+accepted and rejected in `.convert/<shard>.json`, and only then renames the shard into place: a
+shard file that exists is complete. A re-run (after a kill, say) keeps every shard whose record
+says it was written from the same videos with the same options, and redoes only the rest.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import queue as queue_lib
+import random
+import sys
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, TextIO
+
+import tensorflow as tf
+
+from repflow_tf.data.manifest import (
+    FORMAT,
+    Manifest,
+    Rejection,
+    ShardInfo,
+    write_json_atomic,
+    write_manifest,
+)
+from repflow_tf.data.schema import make_sequence_example, shard_glob, shard_name
+from repflow_tf.data.splits import SplitList, VideoEntry
+from repflow_tf.data.video import VideoDecodeError, iter_frames
+
+_STATE_DIR = ".convert"
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvertOptions:
+    """How videos become records.
+
+    Attributes:
+      short_side: resize so the shorter side has this many pixels (None: keep the size).
+      fps: resample to this frame rate (None: keep every frame).
+      jpeg_quality: JPEG quality of the stored frames, 1..100.
+      min_frames: videos with fewer (resampled) frames are rejected; the clip length you train
+        with is a good value (the reader loops shorter videos, so 1 keeps everything).
+      videos_per_shard: target shard size in videos (about 100-200 MB of JPEGs per shard is good
+        for tf.data; at short side 128 a 10 s video takes about 1.5 MB).
+
+    >>> ConvertOptions(short_side=256, fps=25.0).jpeg_quality
+    90
+    """
+
+    short_side: int | None = 128
+    fps: float | None = None
+    jpeg_quality: int = 90
+    min_frames: int = 16
+    videos_per_shard: int = 100
+
+    def __post_init__(self):
+        checks = {
+            "short_side": self.short_side is None or self.short_side >= 1,
+            "fps": self.fps is None or self.fps > 0,
+            "jpeg_quality": 1 <= self.jpeg_quality <= 100,
+            "min_frames": self.min_frames >= 1,
+            "videos_per_shard": self.videos_per_shard >= 1,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                value = getattr(self, name)
+                raise ValueError(f"Invalid `{name}` for ConvertOptions. Received: {name}={value}")
+
+
+@dataclasses.dataclass(frozen=True)
+class _ShardJob:
+    directory: str
+    file: str
+    entries: tuple[VideoEntry, ...]
+    class_names: tuple[str, ...]
+    options: ConvertOptions
+    digest: str
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.directory, self.file)
+
+    @property
+    def state_path(self) -> str:
+        return os.path.join(self.directory, _STATE_DIR, self.file + ".json")
+
+
+def encode_video(entry: VideoEntry, label_index: int, options: ConvertOptions) -> tuple[bytes, int]:
+    """Decodes, resizes and JPEG-encodes one video into a serialised SequenceExample.
+
+    Returns (record, number of frames); raises `VideoDecodeError` when the video is unusable
+    (including when it is shorter than `options.min_frames`).
+
+    >>> from repflow_tf.data.video import write_video
+    >>> import numpy as np, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "a.mp4")
+    >>> write_video(path, np.zeros((20, 48, 64, 3), np.uint8))
+    >>> record, n = encode_video(VideoEntry(path, "up"), 3, ConvertOptions(short_side=32))
+    >>> n
+    20
+    """
+    encoded = [
+        tf.io.encode_jpeg(frame, quality=options.jpeg_quality).numpy()
+        for frame in iter_frames(entry.path, short_side=options.short_side, fps=options.fps)
+    ]
+    if len(encoded) < options.min_frames:
+        raise VideoDecodeError(
+            entry.path, f"too short: {len(encoded)} frames < min_frames={options.min_frames}"
+        )
+    name = os.path.basename(entry.path)
+    return make_sequence_example(encoded, label_index, entry.label, name), len(encoded)
+
+
+def _write_shard(job: _ShardJob, tick: Callable[[bool], None]) -> dict[str, Any]:
+    """Writes one shard and its state record; returns the record. `tick(rejected)` per video."""
+    label_index = {name: i for i, name in enumerate(job.class_names)}
+    accepted, rejected = [], []
+    temporary = job.path + ".tmp"
+    with tf.io.TFRecordWriter(temporary) as writer:
+        for entry in job.entries:
+            reason = None
+            try:
+                if entry.label not in label_index:
+                    raise VideoDecodeError(
+                        entry.path,
+                        f"label {entry.label!r} not in the class list "
+                        f"({len(job.class_names)} classes)",
+                    )
+                record, num_frames = encode_video(entry, label_index[entry.label], job.options)
+                writer.write(record)
+            except VideoDecodeError as error:
+                reason = error.reason
+            except Exception as error:
+                # One odd file (an FFmpeg corner case, an exotic pixel format) must not stop a
+                # conversion of thousands; it is recorded as rejected with the error instead.
+                reason = f"unexpected error ({type(error).__name__}: {error})"
+            if reason is None:
+                accepted.append({"path": entry.path, "label": entry.label, "frames": num_frames})
+            else:
+                rejected.append({"path": entry.path, "label": entry.label, "reason": reason})
+            tick(reason is not None)
+    state = {
+        "digest": job.digest,
+        "file": job.file,
+        "num_records": len(accepted),
+        "num_bytes": tf.io.gfile.stat(temporary).length,
+        "accepted": accepted,
+        "rejected": rejected,
+    }
+    # State first, shard last: an existing shard file always has its state record.
+    write_json_atomic(job.state_path, state)
+    tf.io.gfile.rename(temporary, job.path, overwrite=True)
+    return state
+
+
+_progress_queue = None
+
+
+def _init_worker(progress_queue: multiprocessing.Queue) -> None:
+    global _progress_queue
+    _progress_queue = progress_queue
+
+
+def _write_shard_in_worker(job: _ShardJob) -> dict[str, Any]:
+    return _write_shard(job, _progress_queue.put)
+
+
+def _finished_state(job: _ShardJob) -> dict[str, Any] | None:
+    """The state record of an already complete, up-to-date shard, else None."""
+    if not (tf.io.gfile.exists(job.path) and tf.io.gfile.exists(job.state_path)):
+        return None
+    try:
+        with tf.io.gfile.GFile(job.state_path) as f:
+            state = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    if state.get("digest") != job.digest:
+        return None
+    if tf.io.gfile.stat(job.path).length != state.get("num_bytes"):
+        return None
+    return state
+
+
+class _Progress:
+    """A progress bar on a terminal, a line per 10% otherwise, on `stream` (None: silent)."""
+
+    def __init__(self, total: int, label: str, stream: TextIO | None):
+        self.total, self.label, self.stream = total, label, stream
+        self.done = self.rejected = 0
+        self.start = time.monotonic()
+        self._last_draw = 0.0
+        self._last_decile = -1
+        self._tty = stream is not None and stream.isatty()
+
+    def update(self, rejected: bool) -> None:
+        self.done += 1
+        self.rejected += int(rejected)
+        if self.stream is None:
+            return
+        now = time.monotonic()
+        if self._tty:
+            if now - self._last_draw > 0.2 or self.done == self.total:
+                self._last_draw = now
+                self.stream.write("\r" + self._line(now))
+                self.stream.flush()
+        elif self.done * 10 // max(self.total, 1) > self._last_decile:
+            self._last_decile = self.done * 10 // max(self.total, 1)
+            self.stream.write(self._line(now) + "\n")
+            self.stream.flush()
+
+    def _line(self, now: float) -> str:
+        fraction = self.done / max(self.total, 1)
+        bar = "#" * int(30 * fraction) + "-" * (30 - int(30 * fraction))
+        rate = self.done / max(now - self.start, 1e-6)
+        eta = (self.total - self.done) / rate if rate > 0 else 0
+        return (
+            f"{self.label} [{bar}] {self.done}/{self.total} videos, {self.rejected} rejected, "
+            f"{rate:.1f} videos/s, ETA {eta:.0f} s"
+        )
+
+    def close(self) -> None:
+        if self._tty:
+            self.stream.write("\n")
+
+
+def _digest(entries: tuple[VideoEntry, ...], class_names, options: ConvertOptions) -> str:
+    content = [FORMAT, [list(e) for e in entries], list(class_names), dataclasses.asdict(options)]
+    return hashlib.sha256(json.dumps(content).encode()).hexdigest()
+
+
+def convert_split(
+    split_list: SplitList,
+    output_dir: str,
+    split: str,
+    options: ConvertOptions | None = None,
+    *,
+    num_workers: int | None = None,
+    seed: int = 0,
+    log: TextIO | None = sys.stderr,
+) -> Manifest:
+    """Converts the videos of one split into `<output_dir>/<split>/` shards plus manifest.json.
+
+    Unusable videos (missing, unreadable, no frames, label not in the class list, too short) are
+    rejected with their reason in the manifest and the conversion goes on; the caller decides
+    whether rejections are fatal (`bin/convert.py` exits non-zero unless `--allow_rejects`).
+    Re-running resumes: shards already written from the same videos and options are kept.
+
+    Args:
+      split_list: the videos and class names, from one of the parsers in `repflow_tf.data.splits`.
+      output_dir: root folder; the split goes to `<output_dir>/<split>/`.
+      split: split name, used for the folder and the shard names.
+      options: see `ConvertOptions`.
+      num_workers: worker processes (spawned, each with its own TensorFlow); default: CPU count.
+        0 or 1 converts in this process.
+      seed: seed of the shuffle that spreads videos (and classes) over the shards.
+      log: where the progress bar and the summary line go (None: silent).
+
+    Returns:
+      The `Manifest` written to `<output_dir>/<split>/manifest.json`.
+
+    >>> import tempfile
+    >>> from repflow_tf.data.splits import VideoEntry, SplitList
+    >>> split_list = SplitList((VideoEntry("/missing.mp4", "a"),), ("a",))
+    >>> manifest = convert_split(split_list, tempfile.mkdtemp(), "val", log=None)
+    >>> manifest.num_listed, manifest.num_accepted, manifest.rejected[0].reason
+    (1, 0, 'missing file')
+    """
+    options = options or ConvertOptions()
+    if not split or "/" in split or split.startswith("."):
+        raise ValueError(f"`split` must be a plain name like 'train'. Received: split={split!r}")
+    if len(set(split_list.class_names)) != len(split_list.class_names):
+        raise ValueError(f"Class names must be unique. Received: {split_list.class_names}")
+    start = time.monotonic()
+    directory = os.path.join(output_dir, split)
+    tf.io.gfile.makedirs(os.path.join(directory, _STATE_DIR))
+
+    entries = list(split_list.entries)
+    random.Random(seed).shuffle(entries)
+    num_shards = max(1, math.ceil(len(entries) / options.videos_per_shard))
+    jobs = []
+    for index in range(num_shards):
+        chunk = tuple(
+            entries[index * options.videos_per_shard : (index + 1) * options.videos_per_shard]
+        )
+        jobs.append(
+            _ShardJob(
+                directory=directory,
+                file=shard_name(split, index, num_shards),
+                entries=chunk,
+                class_names=tuple(split_list.class_names),
+                options=options,
+                digest=_digest(chunk, split_list.class_names, options),
+            )
+        )
+    _remove_stale_files(directory, split, keep={job.file for job in jobs})
+
+    states = {job.file: _finished_state(job) for job in jobs}
+    todo = [job for job in jobs if states[job.file] is None]
+    progress = _Progress(sum(len(job.entries) for job in todo), f"{split}:", log)
+    if num_workers is None:
+        num_workers = os.cpu_count() or 1
+    num_workers = min(num_workers, len(todo))
+    if num_workers <= 1:
+        for job in todo:
+            states[job.file] = _write_shard(job, progress.update)
+    else:
+        states.update(_run_workers(todo, num_workers, progress))
+    progress.close()
+
+    manifest = _manifest(split, split_list, jobs, states, options, seed)
+    write_manifest(manifest, directory)
+    if log is not None:
+        seconds = time.monotonic() - start
+        log.write(
+            f"{split}: {manifest.num_accepted} accepted, {manifest.num_rejected} rejected of "
+            f"{manifest.num_listed} listed -> {num_shards} shards in {directory} "
+            f"({num_shards - len(todo)} reused, {seconds:.1f} s)\n"
+        )
+    return manifest
+
+
+def _run_workers(
+    jobs: list[_ShardJob], num_workers: int, progress: _Progress
+) -> dict[str, dict[str, Any]]:
+    # Spawn, never fork: a forked child of a process that already initialised TensorFlow hangs.
+    context = multiprocessing.get_context("spawn")
+    ticks = context.Queue()
+    states = {}
+
+    def drain() -> None:
+        while True:
+            try:
+                progress.update(ticks.get_nowait())
+            except queue_lib.Empty:
+                return
+
+    with concurrent.futures.ProcessPoolExecutor(
+        num_workers, mp_context=context, initializer=_init_worker, initargs=(ticks,)
+    ) as pool:
+        futures = {pool.submit(_write_shard_in_worker, job): job for job in jobs}
+        pending = set(futures)
+        try:
+            while pending:
+                done, pending = concurrent.futures.wait(pending, timeout=0.25)
+                drain()
+                for future in done:
+                    states[futures[future].file] = future.result()
+        except concurrent.futures.process.BrokenProcessPool:
+            raise RuntimeError(
+                "A conversion worker died (crash or out of memory); finished shards are kept, "
+                "re-run the same command to resume."
+            ) from None
+        finally:
+            for future in pending:
+                future.cancel()
+    drain()
+    return states
+
+
+def _remove_stale_files(directory: str, split: str, keep: set[str]) -> None:
+    """Deletes leftover temporary files and shards of an older plan for this split."""
+    for path in tf.io.gfile.glob(os.path.join(directory, shard_glob(split) + "*")):
+        if os.path.basename(path) not in keep:
+            tf.io.gfile.remove(path)
+            state = os.path.join(directory, _STATE_DIR, os.path.basename(path) + ".json")
+            if tf.io.gfile.exists(state):
+                tf.io.gfile.remove(state)
+
+
+def _manifest(
+    split: str,
+    split_list: SplitList,
+    jobs: list[_ShardJob],
+    states: Mapping[str, dict[str, Any]],
+    options: ConvertOptions,
+    seed: int,
+) -> Manifest:
+    counts = dict.fromkeys(split_list.class_names, 0)
+    shards, rejected = [], []
+    for job in jobs:
+        state = states[job.file]
+        shards.append(ShardInfo(job.file, state["num_records"], state["num_bytes"]))
+        for video in state["accepted"]:
+            counts[video["label"]] += 1
+        rejected.extend(Rejection(r["path"], r["label"], r["reason"]) for r in state["rejected"])
+    manifest = Manifest(
+        split=split,
+        class_names=tuple(split_list.class_names),
+        shards=tuple(shards),
+        counts_per_class=counts,
+        rejected=tuple(rejected),
+        num_listed=len(split_list.entries),
+        options={**dataclasses.asdict(options), "seed": seed},
+    )
+    # Every listed video is either in a shard or in `rejected`; anything else is a bug here.
+    assert manifest.num_accepted + manifest.num_rejected == manifest.num_listed
+    return manifest
+
+
+def convert_dataset(
+    split_lists: Mapping[str, SplitList],
+    output_dir: str,
+    options: ConvertOptions | None = None,
+    *,
+    num_workers: int | None = None,
+    seed: int = 0,
+    log: TextIO | None = sys.stderr,
+) -> dict[str, Manifest]:
+    """`convert_split` for every split of `split_lists` (e.g. from `read_split_lists`).
+
+    >>> import tempfile
+    >>> from repflow_tf.data.splits import SplitList
+    >>> manifests = convert_dataset({"train": SplitList((), ("a",))}, tempfile.mkdtemp(), log=None)
+    >>> manifests["train"].num_listed
+    0
+    """
+    return {
+        split: convert_split(
+            split_list, output_dir, split, options, num_workers=num_workers, seed=seed, log=log
+        )
+        for split, split_list in split_lists.items()
+    }
+
+
+def report_rejections(
+    manifests: Mapping[str, Manifest],
+    *,
+    allow_rejects: bool = False,
+    stream: TextIO = sys.stderr,
+    limit: int = 5,
+) -> int:
+    """Lists the first `limit` rejected videos of each split on `stream`; returns the exit
+    status for a command line: 1 if any video was rejected (unless `allow_rejects`), else 0.
+
+    >>> import io
+    >>> from repflow_tf.data.manifest import Rejection
+    >>> m = Manifest("val", ("a",), (), {"a": 0}, (Rejection("x.mp4", "a", "missing file"),), 1)
+    >>> out = io.StringIO()
+    >>> report_rejections({"val": m}, stream=out), out.getvalue().splitlines()[0]
+    (1, '  rejected (val): x.mp4: missing file')
+    """
+    for split, manifest in manifests.items():
+        for rejection in manifest.rejected[:limit]:
+            stream.write(f"  rejected ({split}): {rejection.path}: {rejection.reason}\n")
+        if manifest.num_rejected > limit:
+            stream.write(f"  ... {manifest.num_rejected - limit} more in the {split} manifest\n")
+    rejected = sum(manifest.num_rejected for manifest in manifests.values())
+    if rejected and not allow_rejects:
+        stream.write(
+            f"{rejected} videos rejected (listed in each split's manifest.json); "
+            "pass --allow_rejects to accept that\n"
+        )
+        return 1
+    return 0

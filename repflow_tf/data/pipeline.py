@@ -1,0 +1,357 @@
+"""tf.data input pipeline: converted shards -> (clip, label) pairs for training and evaluation.
+
+Shards are read in parallel (interleave), each record is parsed and checked, the clip's frame
+indices are drawn first and only those JPEGs are decoded, directly into the crop window
+(`decode_and_crop_jpeg`). Training shuffles after sampling, when an element is only the clip's
+`num_frames` JPEGs, so a large shuffle buffer stays cheap.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import tensorflow as tf
+
+from repflow_tf.data.manifest import load_manifest
+from repflow_tf.data.schema import (
+    MANIFEST_NAME,
+    SHARD_SUFFIX,
+    DataError,
+    parse_sequence_example,
+)
+
+# Frames come out as float32 RGB in [0, 255] (not rescaled): the flow layer normalises each
+# channel itself and the models rescale their RGB input.
+FRAME_RANGE = (0.0, 255.0)
+
+_UNKNOWN = -1
+
+
+def list_shards(source: str | Sequence[str]) -> list[tuple[str, int]]:
+    """The shard files of `source` with their expected record counts (-1: no manifest).
+
+    `source` is a converted split directory (its manifest.json lists the shards), a directory of
+    `*.tfrecord` files, a file pattern, or a list of these. Shards named in a manifest must exist
+    with the size the manifest records; otherwise a `DataError` names the file.
+
+    >>> list_shards("/no/such/dir/*.tfrecord")
+    Traceback (most recent call last):
+    ...
+    repflow_tf.data.schema.DataError: /no/such/dir/*.tfrecord: no files match
+    """
+    sources = [source] if isinstance(source, str) else list(source)
+    manifests: dict[str, dict[str, Any]] = {}
+    shards = []
+    for pattern in sources:
+        if tf.io.gfile.isdir(pattern):
+            if tf.io.gfile.exists(os.path.join(pattern, MANIFEST_NAME)):
+                files = [os.path.join(pattern, name) for name in _manifest_of(pattern, manifests)]
+            else:
+                files = sorted(tf.io.gfile.glob(os.path.join(pattern, "*" + SHARD_SUFFIX)))
+        else:
+            files = sorted(tf.io.gfile.glob(pattern))
+        if not files:
+            raise DataError(f"{pattern}: no files match")
+        for path in files:
+            info = _manifest_of(os.path.dirname(path), manifests).get(os.path.basename(path))
+            if info is None:
+                shards.append((path, _UNKNOWN))
+                continue
+            if not tf.io.gfile.exists(path):
+                raise DataError(f"{path}: listed in the manifest of its folder but missing")
+            size = tf.io.gfile.stat(path).length
+            if size != info.num_bytes:
+                raise DataError(
+                    f"{path}: {size} bytes but its manifest records {info.num_bytes}; the shard "
+                    "changed after conversion (re-run bin/convert.py to rewrite it)"
+                )
+            shards.append((path, info.num_records))
+    return shards
+
+
+def _manifest_of(directory: str, cache: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """{shard file name: ShardInfo} from `directory`'s manifest, {} if it has none."""
+    if directory not in cache:
+        has_manifest = tf.io.gfile.exists(os.path.join(directory, MANIFEST_NAME))
+        shards = load_manifest(directory).shards if has_manifest else ()
+        cache[directory] = {shard.file: shard for shard in shards}
+    return cache[directory]
+
+
+def _empty_record() -> dict[str, tf.Tensor]:
+    return {
+        "frames": tf.zeros([0], tf.string),
+        "num_frames": tf.constant(0, tf.int32),
+        "label": tf.constant(0, tf.int32),
+        "label_text": tf.constant(""),
+        "filename": tf.constant(""),
+    }
+
+
+def _parse_checked(record: tf.Tensor) -> dict[str, tf.Tensor]:
+    parsed = parse_sequence_example(record)
+    check = tf.debugging.assert_positive(parsed["num_frames"], message="record without frames")
+    with tf.control_dependencies([check]):
+        parsed["frames"] = tf.identity(parsed["frames"])
+    return parsed
+
+
+def _read_shard(path: tf.Tensor, expected: tf.Tensor) -> tf.data.Dataset:
+    """The parsed records of one shard; fails with a message naming the shard when a record is
+    malformed or the number of records disagrees with the manifest."""
+    records = tf.data.TFRecordDataset(path)
+    # A record that does not parse is dropped here and detected below as a gap in the record
+    # numbers, which is the only place where the error can still name the file and record.
+    parsed = records.enumerate().map(lambda i, r: (i, _parse_checked(r))).ignore_errors()
+    end = tf.data.Dataset.from_tensors((tf.constant(-1, tf.int64), _empty_record()))
+    if_unknown = tf.cond(
+        expected < 0,
+        lambda: records.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1),
+        lambda: expected,
+    )
+
+    def check(next_index: tf.Tensor, element: tuple[tf.Tensor, Any]) -> tuple[tf.Tensor, Any]:
+        index, _ = element
+        at_end = index < 0
+        in_order = tf.debugging.Assert(
+            tf.logical_or(at_end, tf.equal(index, next_index)),
+            [
+                _message(
+                    path,
+                    ": record ",
+                    next_index,
+                    " is malformed (expected a SequenceExample "
+                    "with clip/label/index, clip/label/text, video/filename and image/encoded)",
+                )
+            ],
+        )
+        complete = tf.debugging.Assert(
+            tf.logical_or(tf.logical_not(at_end), tf.equal(next_index, if_unknown)),
+            [
+                _message(
+                    path,
+                    ": ",
+                    next_index,
+                    " valid records but ",
+                    if_unknown,
+                    " expected (from "
+                    "the manifest, else the file): a record is malformed or the shard changed "
+                    "after conversion",
+                )
+            ],
+        )
+        with tf.control_dependencies([in_order, complete]):
+            return next_index + 1, (tf.identity(index), element[1])
+
+    checked = parsed.concatenate(end).scan(tf.constant(0, tf.int64), check)
+    return checked.filter(lambda index, _: index >= 0).map(lambda _, record: record)
+
+
+def _message(*parts: str | tf.Tensor) -> tf.Tensor:
+    """Joins strings and scalar tensors (without the quotes tf.strings.format adds)."""
+    return tf.strings.join(
+        [
+            p if isinstance(p, str) or p.dtype == tf.string else tf.strings.as_string(p)
+            for p in parts
+        ]
+    )
+
+
+def _clip_indices(
+    length: tf.Tensor,
+    starts: tf.Tensor,
+    num_frames: int,
+    stride: int,
+) -> tf.Tensor:
+    """Frame indices (len(starts) * num_frames,) of clips at `starts`, looping short videos."""
+    offsets = tf.range(num_frames, dtype=tf.int32) * stride
+    return tf.reshape((starts[:, None] + offsets[None, :]) % length, [-1])
+
+
+def _crop_window(
+    height: tf.Tensor,
+    width: tf.Tensor,
+    seed: tf.Tensor,
+    area_range: tuple[float, float],
+    aspect_ratio_range: tuple[float, float],
+) -> tf.Tensor:
+    """A random [y, x, h, w] window: area a fraction of the short side's square, jittered aspect."""
+    seeds = tf.random.experimental.stateless_split(seed, 4)
+    short = tf.cast(tf.minimum(height, width), tf.float32)
+    area = tf.random.stateless_uniform([], seeds[0], *area_range) * short * short
+    log_ratio = tf.random.stateless_uniform(
+        [], seeds[1], math.log(aspect_ratio_range[0]), math.log(aspect_ratio_range[1])
+    )
+    ratio = tf.exp(log_ratio)
+    crop_h = tf.clip_by_value(tf.cast(tf.round(tf.sqrt(area / ratio)), tf.int32), 1, height)
+    crop_w = tf.clip_by_value(tf.cast(tf.round(tf.sqrt(area * ratio)), tf.int32), 1, width)
+    y = tf.random.stateless_uniform([], seeds[2], 0, height - crop_h + 1, dtype=tf.int32)
+    x = tf.random.stateless_uniform([], seeds[3], 0, width - crop_w + 1, dtype=tf.int32)
+    return tf.stack([y, x, crop_h, crop_w])
+
+
+def video_dataset(
+    source: str | Sequence[str],
+    *,
+    training: bool,
+    num_frames: int = 16,
+    stride: int = 1,
+    crop_size: int = 112,
+    num_clips: int | None = None,
+    batch_size: int | None = None,
+    shuffle_buffer: int = 1024,
+    area_range: tuple[float, float] = (0.4, 1.0),
+    aspect_ratio_range: tuple[float, float] = (3 / 4, 4 / 3),
+    flip: bool = True,
+    seed: int | None = None,
+    input_context: tf.distribute.InputContext | None = None,
+    cycle_length: int = 8,
+) -> tf.data.Dataset:
+    """Clips and labels from converted shards.
+
+    Each element is `(frames, label)`: `frames` float32 RGB in `FRAME_RANGE` = [0, 255],
+    shape (num_frames, crop_size, crop_size, 3), or (num_clips, num_frames, crop_size, crop_size,
+    3) in evaluation with `num_clips`; `label` an int32 class index (order of the manifest's
+    `class_names`). With `batch_size`, a leading batch axis is added.
+
+    Training: shards and clips are shuffled; one clip per video at a random temporal offset;
+    a random crop covering `area_range` of the short side's square, with aspect ratio in
+    `aspect_ratio_range`, resized to `crop_size`; a random horizontal flip (same for all frames);
+    incomplete last batch dropped. Evaluation: fixed order; the centre clip, or `num_clips` clips
+    evenly spaced from the first to the last possible start (for video-level accuracy, average
+    the model's outputs over that axis); a centre `crop_size` crop (resized up if the frames are
+    smaller). Clip frames are `stride` frames apart; videos shorter than the clip loop.
+
+    Args:
+      source: a split directory written by bin/convert.py, a file pattern, or a list of them.
+      training: training (random) or evaluation (deterministic) behaviour, see above.
+      num_frames: frames per clip.
+      stride: temporal stride between clip frames.
+      crop_size: output height and width.
+      num_clips: evaluation only: clips per video (None: one centre clip, no clip axis).
+      batch_size: batch size of this pipeline (per replica under a distribution strategy, see
+        `input_context.get_per_replica_batch_size`); None: unbatched.
+      shuffle_buffer: training shuffle buffer, in clips.
+      area_range, aspect_ratio_range, flip: training augmentation, see above.
+      seed: makes training reproducible (same clips, crops, flips and order per epoch);
+        None: non-deterministic, and faster.
+      input_context: from `strategy.distribute_datasets_from_function`; each input pipeline
+        reads its own subset of the shards (needs at least as many shards as pipelines).
+      cycle_length: shards read in parallel.
+
+    Raises:
+      DataError: (now) no shards, a shard missing or changed since conversion, a broken manifest;
+        (while iterating, as tf.errors.InvalidArgumentError) a malformed record or a record count
+        that disagrees with the manifest, naming the shard.
+
+    >>> import tempfile
+    >>> from repflow_tf.data.synthetic import make_synthetic_dataset
+    >>> dirs = make_synthetic_dataset(tempfile.mkdtemp(), num_train=8, num_val=8, log=None)
+    >>> ds = video_dataset(dirs["val"], training=False, num_frames=8, crop_size=48, num_clips=2)
+    >>> frames, label = next(iter(ds))
+    >>> frames.shape, frames.dtype, label.dtype
+    (TensorShape([2, 8, 48, 48, 3]), tf.float32, tf.int32)
+    """
+    _check_arguments(
+        num_frames=num_frames,
+        stride=stride,
+        crop_size=crop_size,
+        num_clips=num_clips,
+        batch_size=batch_size,
+        shuffle_buffer=shuffle_buffer,
+        cycle_length=cycle_length,
+    )
+    if training and num_clips is not None:
+        raise ValueError(
+            f"`num_clips` is for evaluation (training=False). Received: num_clips={num_clips}"
+        )
+    if not (0 < area_range[0] <= area_range[1] <= 1):
+        raise ValueError(f"`area_range` must satisfy 0 < low <= high <= 1. Received: {area_range}")
+    if not (0 < aspect_ratio_range[0] <= aspect_ratio_range[1]):
+        raise ValueError(f"`aspect_ratio_range` must be positive. Received: {aspect_ratio_range}")
+
+    shards = list_shards(source)
+    if input_context is not None and input_context.num_input_pipelines > 1:
+        count, index = input_context.num_input_pipelines, input_context.input_pipeline_id
+        if len(shards) < count:
+            raise DataError(
+                f"{source}: {len(shards)} shards cannot be split over {count} input pipelines; "
+                "convert with a smaller --videos_per_shard"
+            )
+        shards = shards[index::count]
+    deterministic = seed is not None or not training
+
+    files = tf.data.Dataset.from_tensor_slices(
+        ([path for path, _ in shards], tf.constant([n for _, n in shards], tf.int64))
+    )
+    if training:
+        files = files.shuffle(len(shards), seed=seed, reshuffle_each_iteration=True)
+    records = files.interleave(
+        _read_shard,
+        cycle_length=min(cycle_length, len(shards)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=deterministic,
+    )
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+    clip_count = 1 if num_clips is None else num_clips
+
+    def sample(record: dict[str, tf.Tensor], seed_pair: tf.Tensor):
+        length = record["num_frames"]
+        max_start = tf.maximum(length - (num_frames - 1) * stride - 1, 0)
+        sample_seed, crop_seed = tf.unstack(tf.random.experimental.stateless_split(seed_pair, 2))
+        if training:
+            starts = tf.random.stateless_uniform([1], sample_seed, 0, max_start + 1, dtype=tf.int32)
+        elif num_clips is None:
+            starts = tf.reshape(max_start // 2, [1])
+        else:
+            spaced = tf.linspace(0.0, tf.cast(max_start, tf.float32), num_clips)
+            starts = tf.cast(tf.round(spaced), tf.int32)
+        indices = _clip_indices(length, starts, num_frames, stride)
+        return tf.gather(record["frames"], indices), record["label"], crop_seed
+
+    def decode(encoded: tf.Tensor, label: tf.Tensor, crop_seed: tf.Tensor):
+        shape = tf.io.extract_jpeg_shape(encoded[0])
+        height, width = shape[0], shape[1]
+        if training:
+            window = _crop_window(height, width, crop_seed, area_range, aspect_ratio_range)
+        else:
+            side = tf.minimum(crop_size, tf.minimum(height, width))
+            window = tf.stack([(height - side) // 2, (width - side) // 2, side, side])
+        frames = tf.map_fn(
+            lambda jpeg: tf.image.decode_and_crop_jpeg(jpeg, window, channels=3),
+            encoded,
+            fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8),
+        )
+        frames = tf.image.resize(frames, [crop_size, crop_size])
+        if training and flip:
+            flip_seed = tf.random.experimental.stateless_fold_in(crop_seed, 1)
+            mirrored = tf.random.stateless_uniform([], flip_seed) < 0.5
+            frames = tf.cond(mirrored, lambda: tf.reverse(frames, axis=[2]), lambda: frames)
+        frames = tf.clip_by_value(frames, *FRAME_RANGE)
+        shape = [num_frames, crop_size, crop_size, 3]
+        frames = tf.reshape(frames, shape if num_clips is None else [clip_count, *shape])
+        return frames, label
+
+    clips = tf.data.Dataset.zip((records, seeds)).map(
+        sample, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic
+    )
+    if training:
+        clips = clips.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    clips = clips.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    if batch_size is not None:
+        clips = clips.batch(batch_size, drop_remainder=training)
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    return clips.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def _check_arguments(**values: int | None) -> None:
+    optional = ("num_clips", "batch_size")
+    for name, value in values.items():
+        if value is None and name in optional:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
