@@ -9,6 +9,8 @@ in front and correlates with [-1, 1], the negative adjoint of ∇u.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import tensorflow as tf
 
@@ -54,7 +56,21 @@ def difference_kernels(channels: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _correlate(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
-    return tf.nn.depthwise_conv2d(x, kernel, strides=[1, 1, 1, 1], padding="VALID")
+    """VALID depthwise correlation of (N, H, W, C) `x` with a (kh, kw, C, 1) kernel.
+
+    Written as a sum of shifted slices times per-channel taps rather than a depthwise
+    convolution: the kernels are tiny (at most 3x3), and elementwise ops fuse under XLA, where
+    depthwise convolutions on the CPU are slow.
+    """
+    kh, kw = kernel.shape[0], kernel.shape[1]
+    out_h = tf.shape(x)[1] - kh + 1
+    out_w = tf.shape(x)[2] - kw + 1
+    result = None
+    for i in range(kh):
+        for j in range(kw):
+            term = x[:, i : i + out_h, j : j + out_w, :] * kernel[i, j, :, 0]
+            result = term if result is None else result + term
+    return result
 
 
 def image_gradients(
@@ -93,6 +109,81 @@ def divergence(
     return div_x + div_y
 
 
+def _iterate(frame1, frame2, kernels, theta, lambda_, tau, num_iter):
+    image_x, image_y, difference_x, difference_y, divergence_x, divergence_y = kernels
+    grad_x, grad_y = image_gradients(frame2, image_x, image_y)
+    inv_grad_sq = 1.0 / (grad_x * grad_x + grad_y * grad_y + EPSILON)
+    constant = frame2 - frame1
+    step = lambda_ * theta
+    tau_over_theta = tau / theta
+
+    def dual_step(p_x, p_y, field):
+        d_x, d_y = forward_gradients(field, difference_x, difference_y)
+        denominator = 1.0 + tau_over_theta * tf.sqrt(d_x * d_x + d_y * d_y + EPSILON)
+        return (
+            (p_x + tau_over_theta * d_x) / denominator,
+            (p_y + tau_over_theta * d_y) / denominator,
+        )
+
+    def body(u_x, u_y, p_xx, p_xy, p_yx, p_yy):
+        rho = constant + grad_x * u_x + grad_y * u_y
+        # The three cases of the thresholding step are one clip: -ρ/|∇F|² limited to ±λθ.
+        shift = tf.clip_by_value(-rho * inv_grad_sq, -step, step)
+        v_x = u_x + shift * grad_x
+        v_y = u_y + shift * grad_y
+        u_x = v_x + theta * divergence(p_xx, p_xy, divergence_x, divergence_y)
+        u_y = v_y + theta * divergence(p_yx, p_yy, divergence_x, divergence_y)
+        p_xx, p_xy = dual_step(p_xx, p_xy, u_x)
+        p_yx, p_yy = dual_step(p_yx, p_yy, u_y)
+        return u_x, u_y, p_xx, p_xy, p_yx, p_yy
+
+    zeros = tf.zeros_like(frame1)
+    outputs = tf.while_loop(lambda *_: True, body, (zeros,) * 6, maximum_iterations=num_iter)
+    return outputs[0], outputs[1]
+
+
+@functools.cache
+def _compiled_iteration(num_iter: int):
+    """The iteration as an op whose forward and backward are each one XLA-compiled function.
+
+    Why not a plain while loop: outside XLA, TensorFlow's grappler memory optimizer rewrites the
+    AddN nodes of a while loop's gradient into TemporaryVariable accumulators once the graph's
+    estimated memory exceeds 80% of the device's memory limit (256 MB for a CPU), and those
+    collide between loop iterations ("AlreadyExistsError ... TemporaryVariable ... iter:N") in
+    any realistic model.fit. Inside XLA the gradient loop never reaches grappler. The backward
+    recomputes the forward under a tape (the loop's intermediates stay inside XLA), so the
+    gradient is the exact gradient of the same loop, at the cost of one more forward pass.
+    """
+
+    def forward(frame1, frame2, kernels, theta, lambda_, tau):
+        return _iterate(frame1, frame2, kernels, theta, lambda_, tau, num_iter)
+
+    compiled_forward = tf.function(forward, jit_compile=True, autograph=False)
+
+    @tf.function(jit_compile=True, autograph=False)
+    def compiled_backward(inputs, output_gradients):
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            outputs = forward(inputs[0], inputs[1], inputs[2:8], *inputs[8:])
+        return tape.gradient(
+            outputs, inputs, output_gradients=output_gradients, unconnected_gradients="zero"
+        )
+
+    @tf.custom_gradient
+    def iteration(*inputs):
+        # The gradient comes from `gradient` below; a tape recording the compiled forward would
+        # ask XLA for the loop's TensorList accumulators, which cannot leave an XLA function.
+        held = [tf.stop_gradient(value) for value in inputs]
+        outputs = compiled_forward(held[0], held[1], held[2:8], *held[8:])
+
+        def gradient(grad_x, grad_y):
+            return compiled_backward(list(inputs), [grad_x, grad_y])
+
+        return outputs, gradient
+
+    return iteration
+
+
 def tvl1_iterate(
     frame1: tf.Tensor,
     frame2: tf.Tensor,
@@ -107,48 +198,21 @@ def tvl1_iterate(
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Runs Algorithm 1 with explicit (possibly learnable) kernels and θ, λ, τ; float32 throughout.
 
-    All iterations are one `tf.while_loop` op, so the graph size does not depend on `num_iter`.
-    Returns (u_x, u_y), each shaped like `frame1`.
+    All iterations are one `tf.while_loop` op (inside an XLA-compiled function), so the graph
+    size does not depend on `num_iter`. Returns (u_x, u_y), each shaped like `frame1`.
     """
-    frame1 = tf.cast(frame1, tf.float32)
-    frame2 = tf.cast(frame2, tf.float32)
-    theta, lambda_, tau = (tf.cast(v, tf.float32) for v in (theta, lambda_, tau))
-
-    grad_x, grad_y = image_gradients(frame2, *image_kernels)
-    grad_sq = grad_x * grad_x + grad_y * grad_y + EPSILON
-    inv_grad_sq = 1.0 / grad_sq
-    constant = frame2 - frame1
-    step = lambda_ * theta
-    tau_over_theta = tau / theta
-
-    def dual_step(p_x, p_y, field):
-        d_x, d_y = forward_gradients(field, *difference_kernels)
-        denominator = 1.0 + tau_over_theta * tf.sqrt(d_x * d_x + d_y * d_y + EPSILON)
-        return (
-            (p_x + tau_over_theta * d_x) / denominator,
-            (p_y + tau_over_theta * d_y) / denominator,
-        )
-
-    def body(u_x, u_y, p_xx, p_xy, p_yx, p_yy):
-        rho = constant + grad_x * u_x + grad_y * u_y
-        # The three cases of the thresholding step are one clip: -ρ/|∇F|² limited to ±λθ.
-        shift = tf.clip_by_value(-rho * inv_grad_sq, -step, step)
-        v_x = u_x + shift * grad_x
-        v_y = u_y + shift * grad_y
-        u_x = v_x + theta * divergence(p_xx, p_xy, *divergence_kernels)
-        u_y = v_y + theta * divergence(p_yx, p_yy, *divergence_kernels)
-        p_xx, p_xy = dual_step(p_xx, p_xy, u_x)
-        p_yx, p_yy = dual_step(p_yx, p_yy, u_y)
-        return u_x, u_y, p_xx, p_xy, p_yx, p_yy
-
-    zeros = tf.zeros_like(frame1)
-    outputs = tf.while_loop(
-        lambda *_: True,
-        body,
-        (zeros,) * 6,
-        maximum_iterations=num_iter,
-    )
-    return outputs[0], outputs[1]
+    inputs = [
+        frame1,
+        frame2,
+        *image_kernels,
+        *difference_kernels,
+        *divergence_kernels,
+        theta,
+        lambda_,
+        tau,
+    ]
+    inputs = [tf.cast(value, tf.float32) for value in inputs]
+    return _compiled_iteration(int(num_iter))(*inputs)
 
 
 def validate_num_iter(num_iter) -> None:

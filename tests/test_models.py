@@ -326,3 +326,31 @@ def test_config_cross_field_rules_and_from_dict():
     assert config.flow_learn == ("divergence", "hyper")
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.depth = 18
+
+
+def test_fit_survives_grappler_memory_optimizer():
+    """Regression: outside XLA, grappler's memory optimizer rewrites AddN into TemporaryVariables
+    once a graph's estimated memory passes 80% of the device limit (256 MB on a CPU). Inside a
+    plain while loop's gradient those collide on the second step ("AlreadyExistsError ...
+    TemporaryVariable ... iter:N"); this model and batch trigger it with a plain loop."""
+    config = ModelConfig(
+        kind="2d",
+        depth=18,
+        num_classes=8,
+        base_width=16,
+        flow_position="block1",
+        flow_iterations=2,
+        num_frames=8,
+        image_size=64,
+    )
+    model = build(config)
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=False,
+    )
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (32, 8, 64, 64, 3)).astype("float32")
+    y = rng.integers(0, 8, 32)
+    history = model.fit(x, y, batch_size=16, epochs=1, verbose=0)  # two steps
+    assert np.isfinite(history.history["loss"][0])

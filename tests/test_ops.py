@@ -197,7 +197,9 @@ def _graph_stats(num_iter):
     spec = tf.TensorSpec((1, 8, 8, 2), tf.float32)
     graph_def = fn.get_concrete_function(spec, spec).graph.as_graph_def()
     total = len(graph_def.node) + sum(len(f.node_def) for f in graph_def.library.function)
-    loops = [n.op for n in graph_def.node if n.op in ("While", "StatelessWhile")]
+    # The loop sits inside the XLA-compiled forward function, i.e. in the function library.
+    nodes = [*graph_def.node, *(n for f in graph_def.library.function for n in f.node_def)]
+    loops = [n.op for n in nodes if n.op in ("While", "StatelessWhile")]
     return total, loops
 
 
