@@ -221,6 +221,17 @@ class DataConfig:
             _check_str(name, getattr(self, name))
         _check_bool("synthetic", self.synthetic)
 
+    def split_dir(self, split: str) -> str:
+        """The converted split directory: `<root>/<split>`, or for the synthetic dataset
+        (`make_synthetic_dataset(root)`) `<root>/tfrecords/<split>`.
+
+        >>> DataConfig(root="data/motion", synthetic=True).split_dir("val")
+        'data/motion/tfrecords/val'
+        """
+        if self.synthetic:
+            return os.path.join(self.root, "tfrecords", split)
+        return os.path.join(self.root, split)
+
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 

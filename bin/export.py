@@ -1,0 +1,66 @@
+"""Exports a trained model as a SavedModel with a uint8 `frames` signature (see repflow_tf.export).
+
+    repflow-export --workdir=runs/demo --output=runs/demo/export
+    repflow-export --model=best.keras --config=config.toml --class_names=classes.json \
+        --output=export
+
+Exit status 2 (one-line message) for bad flags, a model that does not match its config or class
+list, or an output folder that exists and is not empty (without --overwrite).
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+from repflow_tf.config import ConfigError  # noqa: E402
+from repflow_tf.data.cli import fail, parse_flags  # noqa: E402
+from repflow_tf.export import ExportError, export_trained  # noqa: E402
+from repflow_tf.workdir import WorkdirError, read_workdir  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string(
+    "workdir", None, "Training workdir (config.toml, class_names.json, model.keras)."
+)
+flags.DEFINE_string("model", None, "A .keras model (instead of <workdir>/model.keras).")
+flags.DEFINE_string("config", None, "Its config TOML (instead of <workdir>/config.toml).")
+flags.DEFINE_string(
+    "class_names",
+    None,
+    "Class names, a JSON list or one per line (default: class_names.json of the workdir, "
+    "else next to --model).",
+)
+flags.DEFINE_multi_string("set", [], "Config override section.key=value (repeatable).")
+flags.DEFINE_string("output", None, "Export folder (default: <workdir>/export).")
+flags.DEFINE_bool("overwrite", False, "Replace an existing export at --output.")
+
+
+def _run(argv: list[str]) -> None:
+    if len(argv) > 1:
+        fail(f"unexpected arguments {argv[1:]}; every option is a --flag")
+    if FLAGS.workdir is None and (FLAGS.model is None or FLAGS.config is None):
+        fail("give --workdir, or both --model and --config")
+    output = FLAGS.output or (FLAGS.workdir and os.path.join(FLAGS.workdir, "export"))
+    if not output:
+        fail("--output is required with --model/--config")
+    try:
+        workdir = read_workdir(
+            FLAGS.workdir,
+            model_path=FLAGS.model,
+            config_path=FLAGS.config,
+            class_names_path=FLAGS.class_names,
+            overrides=FLAGS.set,
+        )
+        path = export_trained(workdir, output, overwrite=FLAGS.overwrite)
+    except (WorkdirError, ConfigError, ExportError, ValueError, OSError) as error:
+        fail(str(error))
+    print(f"exported {workdir.model_path} ({len(workdir.class_names)} classes) to {path}")
+
+
+def main() -> None:
+    app.run(_run, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+    main()

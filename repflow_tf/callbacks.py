@@ -1,0 +1,325 @@
+"""Training callbacks: step/epoch checkpoints, progress lines, TensorBoard (scalars, learned
+θ, λ, τ, histograms, colour-coded flow images, hparams).
+
+They serve both `model.fit` and the multi-worker custom loop, which drives them through a
+`keras.callbacks.CallbackList` with the same `logs` keys (`loss`, `accuracy`, `val_loss`,
+`val_accuracy`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any, TextIO
+
+import keras
+import tensorflow as tf
+from tensorboard.plugins.hparams import api as hparams_api
+
+from repflow_tf.layers import RepresentationFlow
+from repflow_tf.visualize import flow_channels_to_images
+
+
+@dataclasses.dataclass
+class TrainingState:
+    """Where training is: completed epochs and batches done in the current epoch.
+
+    Both counters are variables, saved in every checkpoint, so a resumed run knows to skip the
+    batches it already trained on.
+
+    >>> state = TrainingState(steps_per_epoch=10, epochs=3)
+    >>> state.batch.assign(4)  # doctest: +ELLIPSIS
+    <...>
+    >>> state.global_step
+    4
+    """
+
+    steps_per_epoch: int
+    epochs: int
+    epoch: tf.Variable = dataclasses.field(
+        default_factory=lambda: tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+    )
+    batch: tf.Variable = dataclasses.field(
+        default_factory=lambda: tf.Variable(0, dtype=tf.int64, trainable=False, name="batch")
+    )
+
+    @property
+    def global_step(self) -> int:
+        """Training steps done so far (over all epochs)."""
+        return int(self.epoch) * self.steps_per_epoch + int(self.batch)
+
+
+def flow_layers(model: keras.Model) -> list[RepresentationFlow]:
+    """Every `RepresentationFlow` layer of `model` (at any nesting depth), sorted by path.
+
+    >>> from repflow_tf.config import ModelConfig
+    >>> from repflow_tf import models
+    >>> model = models.build(ModelConfig(depth=18, base_width=4, flow_position="block1",
+    ...                                  flow_stack="fof", flow_iterations=2, flow_channels=4))
+    >>> [layer.path for layer in flow_layers(model)]
+    ['flow_stack/flow_block_1/representation_flow', 'flow_stack/flow_block_2/representation_flow']
+    """
+    # Keras has no public recursive layer walk; _flatten_layers is what Keras itself uses.
+    layers = model._flatten_layers(include_self=False, recursive=True)
+    return sorted((lr for lr in layers if isinstance(lr, RepresentationFlow)), key=lambda x: x.path)
+
+
+def first_flow_output(model: keras.Model, frames: tf.Tensor) -> tf.Tensor | None:
+    """The output `(batch, time - 1, H, W, 2C)` of the first flow layer that `model` applies to
+    `frames` (inference mode), or None when the model has no flow layer.
+
+    The flow layer can sit inside a subclassed block (`FlowBlock`), where no functional sub-model
+    reaches it, so its output is captured during one ordinary forward pass.
+
+    >>> from repflow_tf.config import ModelConfig
+    >>> from repflow_tf import models
+    >>> model = models.build(ModelConfig(depth=18, base_width=4, flow_position="input",
+    ...                                  flow_iterations=2))
+    >>> first_flow_output(model, tf.zeros((1, 4, 32, 32, 3))).shape
+    TensorShape([1, 3, 32, 32, 6])
+    """
+    outputs: list[tf.Tensor] = []
+
+    def capturing(call):
+        def call_and_keep(*args, **kwargs):
+            result = call(*args, **kwargs)
+            outputs.append(result)
+            return result
+
+        return call_and_keep
+
+    layers = flow_layers(model)
+    for layer in layers:
+        layer.call = capturing(layer.call)  # instance attribute shadows the method
+    try:
+        model(frames, training=False)
+    finally:
+        for layer in layers:
+            del layer.call
+    return outputs[0] if outputs else None
+
+
+class CheckpointCallback(keras.callbacks.Callback):
+    """Advances `state` after every batch and epoch and saves a checkpoint every
+    `every_steps` steps (0: never) and at the end of every epoch, plus the model as `.keras`
+    (atomically: temporary file + rename) at the end of every epoch when `model_path` is set.
+
+    `manager` is a `tf.train.CheckpointManager` whose checkpoint holds `state.epoch` and
+    `state.batch`. It must be the first callback, so that the others see the advanced state.
+    """
+
+    def __init__(
+        self,
+        state: TrainingState,
+        manager: tf.train.CheckpointManager,
+        every_steps: int = 0,
+        model_path: str | None = None,
+    ):
+        super().__init__()
+        self.state = state
+        self.manager = manager
+        self.every_steps = every_steps
+        self.model_path = model_path
+
+    def on_train_batch_end(self, batch: int, logs: Mapping[str, Any] | None = None) -> None:
+        self.state.batch.assign_add(1)
+        # The last batch of an epoch is saved by on_epoch_end, after validation.
+        due = self.every_steps and self.state.global_step % self.every_steps == 0
+        if due and int(self.state.batch) < self.state.steps_per_epoch:
+            self.manager.save(checkpoint_number=self.state.global_step)
+
+    def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+        self.state.epoch.assign_add(1)
+        self.state.batch.assign(0)
+        self.manager.save(checkpoint_number=self.state.global_step)
+        if self.model_path:
+            save_model_atomic(self.model, self.model_path)
+
+
+def save_model_atomic(model: keras.Model, path: str) -> None:
+    """Saves `model` to `path` (`.keras`) through a temporary file and a rename, without its
+    optimizer and compile settings (so loading it needs only `repflow_tf.models`).
+
+    >>> import tempfile
+    >>> inputs = keras.Input((2,))
+    >>> model = keras.Model(inputs, keras.layers.Dense(1)(inputs))
+    >>> path = os.path.join(tempfile.mkdtemp(), "model.keras")
+    >>> save_model_atomic(model, path)
+    >>> keras.models.load_model(path).output_shape
+    (None, 1)
+    """
+    # A functional model over the same graph shares the layers and weights but is not compiled.
+    uncompiled = keras.Model(model.input, model.output, name=model.name)
+    temporary = f"{path[: -len('.keras')]}.tmp-{os.getpid()}.keras"
+    uncompiled.save(temporary)
+    os.replace(temporary, path)
+
+
+def _format_duration(seconds: float) -> str:
+    return str(datetime.timedelta(seconds=round(seconds)))
+
+
+def format_metrics(logs: Mapping[str, Any]) -> str:
+    """`loss 0.1234 acc 0.567 val_loss ...` from Keras-style logs.
+
+    >>> format_metrics({"loss": 0.5, "accuracy": 0.75, "val_loss": 0.25, "val_accuracy": 1.0})
+    'loss 0.5000 acc 0.750 val_loss 0.2500 val_acc 1.000'
+    """
+    parts = []
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        if key in logs:
+            name = key.replace("accuracy", "acc")
+            parts.append(f"{name} {float(logs[key]):.{4 if 'loss' in key else 3}f}")
+    return " ".join(parts)
+
+
+class ProgressLogger(keras.callbacks.Callback):
+    """Prints a line every `every_steps` steps (epoch, step/total, running loss and accuracy,
+    steps/s, ETA of the whole run) and one per epoch with the validation metrics."""
+
+    def __init__(self, state: TrainingState, every_steps: int = 10, log: TextIO = sys.stdout):
+        super().__init__()
+        self.state = state
+        self.every_steps = every_steps
+        self.log = log
+        self._start = time.monotonic()
+        self._start_step = state.global_step
+
+    def _print(self, line: str) -> None:
+        print(line, file=self.log, flush=True)
+
+    def on_train_batch_end(self, batch: int, logs: Mapping[str, Any] | None = None) -> None:
+        step, total = int(self.state.batch), self.state.steps_per_epoch
+        if step % self.every_steps and step != total:
+            return
+        elapsed = time.monotonic() - self._start
+        done = self.state.global_step - self._start_step
+        rate = done / max(elapsed, 1e-9)
+        remaining = self.state.epochs * total - self.state.global_step
+        self._print(
+            f"epoch {int(self.state.epoch) + 1}/{self.state.epochs} step {step}/{total} "
+            f"{format_metrics(logs or {})} {rate:.2f} steps/s "
+            f"ETA {_format_duration(remaining / max(rate, 1e-9))}"
+        )
+
+    def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+        self._print(
+            f"epoch {epoch + 1}/{self.state.epochs} done: {format_metrics(logs or {})} "
+            f"({_format_duration(time.monotonic() - self._start)} elapsed)"
+        )
+
+
+def flat_hparams(config: Any) -> dict[str, bool | int | float | str]:
+    """A dataclass config as `{"section.key": value}` with values the hparams plugin accepts.
+
+    >>> from repflow_tf.config import ExperimentConfig
+    >>> flat_hparams(ExperimentConfig())["model.flow_learn"]
+    'divergence,hyper'
+    """
+    flat = {}
+    for section, values in dataclasses.asdict(config).items():
+        for key, value in values.items():
+            if isinstance(value, (list, tuple)):
+                value = ",".join(str(item) for item in value)
+            if value is not None:
+                flat[f"{section}.{key}"] = value
+    return flat
+
+
+class TensorBoardLogger(keras.callbacks.Callback):
+    """TensorBoard summaries under `log_dir`, in the runs `train/` and `validation/`.
+
+    Every epoch: `epoch_loss` and `epoch_accuracy` (both runs; step = epoch index, as
+    `keras.callbacks.TensorBoard`), `learning_rate/<name>` for each of `optimizers` and
+    `flow/<layer path>/theta|lambda|tau` for each representation flow layer (train run).
+    Every `histograms_every` epochs: a histogram of every trainable weight (train run). Every
+    `images_every` epochs: `flow_images/<layer path>`, the first flow layer's output on
+    `flow_clip` (one row per channel, time along x; hue = direction, brightness = magnitude;
+    validation run). Every `batch_every` steps: `batch_loss` (train run, step = global step).
+    With `hparams`, the run's hyper-parameters and the metrics above are declared for the HParams
+    dashboard (in `log_dir` itself).
+    """
+
+    def __init__(
+        self,
+        log_dir: str,
+        state: TrainingState,
+        optimizers: Mapping[str, keras.optimizers.Optimizer],
+        *,
+        flow_clip: tf.Tensor | None = None,
+        images_every: int = 1,
+        histograms_every: int = 1,
+        batch_every: int = 10,
+        hparams: Mapping[str, bool | int | float | str] | None = None,
+        trial_id: str | None = None,
+    ):
+        super().__init__()
+        self.state = state
+        self.optimizers = dict(optimizers)
+        self.flow_clip = flow_clip
+        self.images_every = images_every
+        self.histograms_every = histograms_every
+        self.batch_every = batch_every
+        self.train_writer = tf.summary.create_file_writer(os.path.join(log_dir, "train"))
+        self.val_writer = tf.summary.create_file_writer(os.path.join(log_dir, "validation"))
+        if hparams:
+            metrics = [
+                hparams_api.Metric("epoch_accuracy", group=group, display_name=f"{group} accuracy")
+                for group in ("validation", "train")
+            ] + [
+                hparams_api.Metric("epoch_loss", group=group, display_name=f"{group} loss")
+                for group in ("validation", "train")
+            ]
+            with tf.summary.create_file_writer(log_dir).as_default():
+                hparams_api.hparams_config(
+                    hparams=[hparams_api.HParam(name) for name in hparams], metrics=metrics
+                )
+                hparams_api.hparams(dict(hparams), trial_id=trial_id)
+
+    def on_train_batch_end(self, batch: int, logs: Mapping[str, Any] | None = None) -> None:
+        step = self.state.global_step
+        if logs and "loss" in logs and step % self.batch_every == 0:
+            with self.train_writer.as_default(step=step):
+                tf.summary.scalar("batch_loss", float(logs["loss"]))
+
+    def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+        logs = logs or {}
+        with self.train_writer.as_default(step=epoch):
+            for key in ("loss", "accuracy"):
+                if key in logs:
+                    tf.summary.scalar(f"epoch_{key}", float(logs[key]))
+            for name, optimizer in self.optimizers.items():
+                tf.summary.scalar(f"learning_rate/{name}", float(optimizer.learning_rate))
+            for layer in flow_layers(self.model):
+                for name, value in layer.hyperparameters().items():
+                    tf.summary.scalar(f"flow/{layer.path}/{name}", value)
+            if _due(epoch, self.histograms_every):
+                for variable in self.model.trainable_variables:
+                    tf.summary.histogram(variable.path, variable)
+        with self.val_writer.as_default(step=epoch):
+            for key in ("loss", "accuracy"):
+                if f"val_{key}" in logs:
+                    tf.summary.scalar(f"epoch_{key}", float(logs[f"val_{key}"]))
+            if self.flow_clip is not None and _due(epoch, self.images_every):
+                for tag, images in self.flow_images():
+                    tf.summary.image(tag, images, max_outputs=int(images.shape[0]))
+        self.train_writer.flush()
+        self.val_writer.flush()
+
+    def flow_images(self) -> Iterator[tuple[str, tf.Tensor]]:
+        """`(tag, uint8 images)` of the first flow layer's output on the fixed clip."""
+        flow = first_flow_output(self.model, self.flow_clip[None])
+        if flow is not None:
+            yield "flow_images/first_flow_layer", flow_channels_to_images(flow[0])
+
+    def on_train_end(self, logs: Mapping[str, Any] | None = None) -> None:
+        self.train_writer.flush()
+        self.val_writer.flush()
+
+
+def _due(epoch: int, every: int) -> bool:
+    return every > 0 and (epoch + 1) % every == 0

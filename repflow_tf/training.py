@@ -1,0 +1,686 @@
+"""Training: strategy, optimizer (flow parameters at 0.01 x lr), fit / multi-worker loop, resume.
+
+`train(config, workdir)` writes into `workdir`:
+
+- `config.toml`: the resolved config (a resumed run must have the same `[model]` section);
+- `class_names.json`: the training split's class names;
+- `checkpoints/`: model, optimizer (all sub-optimizers), epoch and batch counters, saved every
+  epoch and every `trainer.checkpoint_every_steps` steps; a new run in the same workdir resumes
+  from the latest one, skipping the batches already trained on in the current epoch (the
+  training data of epoch e is a fixed, seeded sequence, so the resumed run sees what an
+  uninterrupted run would have);
+- `model.keras`: the model after the latest completed epoch (uncompiled);
+- `logs/`: TensorBoard (see `repflow_tf.callbacks.TensorBoardLogger`);
+- `summary.json`: final metrics, epochs, steps and wall time.
+
+Strategies: `one_device` and `mirrored` train with `model.fit`; `multi_worker` uses a custom loop
+on `MultiWorkerMirroredStrategy` (Keras 3 `fit` does not support it), where only the chief writes
+logs, `model.keras` and the checkpoints that count (other workers checkpoint to a temporary
+directory, as the collective save requires).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+import keras
+import tensorflow as tf
+
+from repflow_tf import data, models
+from repflow_tf.callbacks import (
+    CheckpointCallback,
+    ProgressLogger,
+    TensorBoardLogger,
+    TrainingState,
+    flat_hparams,
+    format_metrics,
+)
+from repflow_tf.config import (
+    ExperimentConfig,
+    OptimizerConfig,
+    load_config,
+    save_config,
+)
+from repflow_tf.data.manifest import write_json_atomic
+from repflow_tf.workdir import (
+    CLASS_NAMES_FILE,
+    CONFIG_FILE,
+    LOGS_DIR,
+    MODEL_FILE,
+    write_class_names,
+)
+
+CHECKPOINT_DIR = "checkpoints"
+SUMMARY_FILE = "summary.json"
+# Variables trained at `optimizer.flow_lr_multiplier` x the learning rate (paper, Appendix A).
+FLOW_VARIABLES = ".*representation_flow.*"
+
+
+class TrainingError(ValueError):
+    """A run that cannot start: data, config and workdir disagree. The message is one line."""
+
+
+# === Learning rate and optimizer ===
+
+
+@keras.saving.register_keras_serializable(package="repflow_tf")
+class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Learning rate by step from a schedule in epochs: step decay (x `decay_factor` at each of
+    `decay_epochs`), cosine (to 0 at `epochs`) or constant, after a linear warm-up of
+    `warmup_epochs`.
+
+    >>> schedule = EpochSchedule(0.1, steps_per_epoch=10, epochs=6, decay_epochs=(2, 4))
+    >>> [round(float(schedule(step)), 6) for step in (0, 19, 20, 40)]
+    [0.1, 0.1, 0.01, 0.001]
+    """
+
+    def __init__(
+        self,
+        learning_rate: float,
+        steps_per_epoch: int,
+        epochs: int,
+        kind: str = "step",
+        decay_epochs: Sequence[int] = (),
+        decay_factor: float = 0.1,
+        warmup_epochs: float = 0.0,
+    ):
+        self.learning_rate = float(learning_rate)
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.epochs = int(epochs)
+        self.kind = kind
+        self.decay_epochs = tuple(int(e) for e in decay_epochs)
+        self.decay_factor = float(decay_factor)
+        self.warmup_epochs = float(warmup_epochs)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        factor = tf.constant(1.0)
+        if self.kind == "step" and self.decay_epochs:
+            boundaries = tf.constant(
+                [e * self.steps_per_epoch for e in self.decay_epochs], "float32"
+            )
+            decays = tf.reduce_sum(tf.cast(step >= boundaries, tf.float32))
+            factor = tf.pow(self.decay_factor, decays)
+        elif self.kind == "cosine":
+            start = self.warmup_epochs * self.steps_per_epoch
+            length = max(self.epochs * self.steps_per_epoch - start, 1.0)
+            progress = tf.clip_by_value((step - start) / length, 0.0, 1.0)
+            factor = 0.5 * (1.0 + tf.cos(math.pi * progress))
+        if self.warmup_epochs > 0:
+            warmup_steps = self.warmup_epochs * self.steps_per_epoch
+            factor *= tf.minimum(1.0, (step + 1.0) / warmup_steps)
+        return self.learning_rate * factor
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "learning_rate": self.learning_rate,
+            "steps_per_epoch": self.steps_per_epoch,
+            "epochs": self.epochs,
+            "kind": self.kind,
+            "decay_epochs": list(self.decay_epochs),
+            "decay_factor": self.decay_factor,
+            "warmup_epochs": self.warmup_epochs,
+        }
+
+
+def _optimizer(config: OptimizerConfig, schedule: EpochSchedule, weight_decay: float):
+    common = {"learning_rate": schedule, "clipnorm": config.clipnorm or None}
+    if config.name == "sgd":
+        return keras.optimizers.SGD(
+            momentum=config.momentum,
+            nesterov=config.nesterov,
+            weight_decay=weight_decay or None,
+            **common,
+        )
+    if config.name == "adam":
+        return keras.optimizers.Adam(weight_decay=weight_decay or None, **common)
+    return keras.optimizers.AdamW(weight_decay=weight_decay, **common)
+
+
+def build_optimizer(
+    config: ExperimentConfig, steps_per_epoch: int
+) -> tuple[keras.optimizers.MultiOptimizer, dict[str, keras.optimizers.Optimizer]]:
+    """The paper's optimizer: every variable whose path matches `FLOW_VARIABLES` (θ, λ, τ, the
+    divergence and gradient kernels) gets `flow_lr_multiplier` x the learning rate and no weight
+    decay; each of the two sub-optimizers has its own `EpochSchedule`.
+
+    Returns the `MultiOptimizer` and its sub-optimizers by name (`"default"`, `"flow"`).
+
+    >>> config = load_config(None, ["optimizer.learning_rate=0.1", "trainer.epochs=2"])
+    >>> optimizer, parts = build_optimizer(config, steps_per_epoch=5)
+    >>> [round(float(parts[name].learning_rate), 6) for name in ("default", "flow")]
+    [0.1, 0.001]
+    """
+    optimizer_config, schedule = config.optimizer, config.schedule
+
+    def epoch_schedule(learning_rate: float) -> EpochSchedule:
+        return EpochSchedule(
+            learning_rate,
+            steps_per_epoch,
+            config.trainer.epochs,
+            kind=schedule.kind,
+            decay_epochs=schedule.decay_epochs,
+            decay_factor=schedule.decay_factor,
+            warmup_epochs=schedule.warmup_epochs,
+        )
+
+    base = optimizer_config.learning_rate
+    default = _optimizer(optimizer_config, epoch_schedule(base), optimizer_config.weight_decay)
+    flow = _optimizer(
+        optimizer_config, epoch_schedule(base * optimizer_config.flow_lr_multiplier), 0.0
+    )
+    mapping = keras.optimizers.OptimizerMap(
+        default_optimizer=default, optimizer_map={FLOW_VARIABLES: flow}
+    )
+    return keras.optimizers.MultiOptimizer(mapping), {"default": default, "flow": flow}
+
+
+# === Strategy ===
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    """The distribution strategy for `runtime.strategy`.
+
+    `auto`: mirrored over all GPUs when there are several, else one device. `one_device`: the
+    default strategy (the first GPU if any). `mirrored`: all local GPUs; on a machine without
+    GPUs, the logical CPU devices (the CPU is split into two when TensorFlow has not started
+    yet). `multi_worker`: `MultiWorkerMirroredStrategy`, cluster from `TF_CONFIG`; create it
+    before anything else runs TensorFlow ops.
+
+    >>> make_strategy("one_device").num_replicas_in_sync
+    1
+    """
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    has_gpus = bool(tf.config.list_physical_devices("GPU"))
+    if name == "auto":
+        name = "mirrored" if len(tf.config.list_physical_devices("GPU")) > 1 else "one_device"
+    if name == "one_device":
+        return tf.distribute.get_strategy()
+    if name != "mirrored":
+        raise ValueError(f"Unknown strategy {name!r}")
+    if has_gpus:
+        return tf.distribute.MirroredStrategy()
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    try:
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * 2
+        )
+    except RuntimeError:  # TensorFlow already started: use the logical devices it has.
+        pass
+    return tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")])
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """True unless `strategy` is multi-worker and this process is not its chief."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
+# === Data ===
+
+
+def prepare_data(config: ExperimentConfig, chief: bool = True, timeout: float = 600.0) -> dict:
+    """Checks the training and validation splits against the model (generating the synthetic
+    dataset first if it is configured and missing) and returns
+    `{"train": dir, "val": dir, "class_names": (...), "num_train": n, "num_val": n}`.
+
+    Raises `TrainingError` (one line, naming the manifest) when a split is missing, the two
+    splits' classes differ, or `model.num_classes` is not the number of classes in the data.
+    """
+    dirs = {
+        split: config.data.split_dir(name)
+        for split, name in (("train", config.data.train_split), ("val", config.data.val_split))
+    }
+    manifests = [os.path.join(path, "manifest.json") for path in dirs.values()]
+    if config.data.synthetic and not all(os.path.exists(path) for path in manifests):
+        if chief:
+            try:
+                data.make_synthetic_dataset(
+                    config.data.root,
+                    num_train=config.data.synthetic_train,
+                    num_val=config.data.synthetic_val,
+                    num_classes=config.model.num_classes,
+                    num_frames=max(24, config.data.num_frames * config.data.stride),
+                    size=config.data.synthetic_size,
+                    seed=config.runtime.seed,
+                )
+            except ValueError as error:
+                raise TrainingError(f"synthetic data in {config.data.root}: {error}") from None
+        else:  # the chief generates it
+            deadline = time.monotonic() + timeout
+            while not all(os.path.exists(path) for path in manifests):
+                if time.monotonic() > deadline:
+                    raise TrainingError(f"timed out waiting for the chief to write {manifests}")
+                time.sleep(1)
+    try:
+        train, val = (data.load_manifest(path) for path in dirs.values())
+    except data.DataError as error:
+        raise TrainingError(str(error)) from None
+    if train.class_names != val.class_names:
+        raise TrainingError(
+            f"{manifests[0]} and {manifests[1]} list different classes "
+            f"({train.num_classes} and {val.num_classes})"
+        )
+    if train.num_classes != config.model.num_classes:
+        raise TrainingError(
+            f"model.num_classes={config.model.num_classes} but the data has "
+            f"{train.num_classes} classes ({manifests[0]})"
+        )
+    return {
+        **dirs,
+        "class_names": train.class_names,
+        "num_train": train.num_accepted,
+        "num_val": val.num_accepted,
+    }
+
+
+def clip_dataset(
+    source: str,
+    config: ExperimentConfig,
+    *,
+    training: bool,
+    seed: int | None,
+    batch_size: int,
+    input_context: tf.distribute.InputContext | None = None,
+) -> tf.data.Dataset:
+    """Batches of `(frames, one-hot labels)` from a split, with `config.data`'s sampling.
+
+    With an `input_context` of several pipelines, each reads its share of the shards, or (fewer
+    shards than pipelines) of the clips of one common seeded sequence.
+    """
+    options = config.data
+    kwargs = dict(
+        training=training,
+        num_frames=options.num_frames,
+        stride=options.stride,
+        crop_size=options.crop_size,
+        shuffle_buffer=options.shuffle_buffer,
+        seed=seed,
+    )
+    pipelines = input_context.num_input_pipelines if input_context else 1
+    if pipelines > 1 and len(data.list_shards(source)) < pipelines:
+        clips = data.video_dataset(source, **kwargs).shard(
+            pipelines, input_context.input_pipeline_id
+        )
+        clips = clips.batch(batch_size, drop_remainder=training)
+    else:
+        clips = data.video_dataset(
+            source, batch_size=batch_size, input_context=input_context, **kwargs
+        )
+    classes = config.model.num_classes
+    return clips.map(lambda frames, label: (frames, tf.one_hot(label, classes)))
+
+
+# === Workdir ===
+
+
+def _check_workdir(config: ExperimentConfig, workdir: str) -> None:
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.exists(path):
+        if os.path.isdir(os.path.join(workdir, CHECKPOINT_DIR)):
+            raise TrainingError(
+                f"{workdir}/{CHECKPOINT_DIR} exists without {CONFIG_FILE}; "
+                "cannot tell which model it holds (use a new --workdir)"
+            )
+        return
+    try:
+        previous = load_config(path)
+    except ValueError as error:
+        raise TrainingError(str(error)) from None
+    if previous.model != config.model:
+        changed = [
+            f"{field.name}={getattr(previous.model, field.name)!r}->"
+            f"{getattr(config.model, field.name)!r}"
+            for field in dataclasses.fields(config.model)
+            if getattr(previous.model, field.name) != getattr(config.model, field.name)
+        ]
+        raise TrainingError(
+            f"{path} was trained with another [model] ({', '.join(changed)}); "
+            "use a new --workdir or the same model config"
+        )
+
+
+def _restore(checkpoint: tf.train.Checkpoint, manager: tf.train.CheckpointManager) -> str | None:
+    path = manager.latest_checkpoint
+    if path is None:
+        return None
+    try:
+        checkpoint.restore(path).assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.OpError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise TrainingError(
+            f"{path}: checkpoint does not fit the configured model ({reason:.200})"
+        ) from None
+    return path
+
+
+@dataclasses.dataclass
+class TrainingResult:
+    """What `train` returns: the trained model and the summary written to summary.json."""
+
+    model: keras.Model
+    summary: dict[str, Any]
+
+
+def train(
+    config: ExperimentConfig,
+    workdir: str,
+    *,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    log: TextIO = sys.stdout,
+) -> TrainingResult:
+    """Trains `config` in `workdir` (resuming from its latest checkpoint), see the module doc.
+
+    `callbacks` run after the built-in ones (checkpoint, progress, TensorBoard) in both the fit
+    and the multi-worker loop. Raises `TrainingError` (one-line message) before writing anything
+    when the data, the config and the workdir disagree.
+
+    Example:
+
+        config = load_config("configs/demo.toml", ["trainer.epochs=2"])
+        result = train(config, "runs/demo")
+        print(result.summary["val_accuracy"])
+    """
+    runtime = config.runtime
+    strategy = make_strategy(runtime.strategy)  # first: multi-worker must precede other TF ops
+    multi_worker = runtime.strategy == "multi_worker"
+    chief = is_chief(strategy)
+    replicas = strategy.num_replicas_in_sync
+    if config.model.inputs != "rgb":
+        raise TrainingError(
+            f"model.inputs={config.model.inputs!r}: training reads RGB clips only "
+            "(precomputed optical flow input is not supported)"
+        )
+    if config.data.batch_size % replicas:
+        raise TrainingError(
+            f"data.batch_size={config.data.batch_size} is not divisible by the "
+            f"{replicas} replicas of --strategy={runtime.strategy}"
+        )
+    _check_workdir(config, workdir)
+    splits = prepare_data(config, chief=chief)
+    steps_per_epoch = (
+        config.trainer.steps_per_epoch or splits["num_train"] // config.data.batch_size
+    )
+    if steps_per_epoch < 1:
+        raise TrainingError(
+            f"{splits['train']}: {splits['num_train']} training videos, fewer than "
+            f"data.batch_size={config.data.batch_size}"
+        )
+
+    previous_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(runtime.precision)
+    keras.utils.set_random_seed(runtime.seed)
+    checkpoint_dir = os.path.join(workdir, CHECKPOINT_DIR)
+    own_dir = checkpoint_dir if chief else tempfile.mkdtemp(prefix="repflow_worker_")
+    try:
+        model_config = config.model
+        if replicas > 1 or multi_worker:
+            model_config = dataclasses.replace(model_config, synchronized_bn=True)
+        with strategy.scope():
+            model = models.build(model_config)
+            optimizer, parts = build_optimizer(config, steps_per_epoch)
+            loss = keras.losses.CategoricalCrossentropy(
+                from_logits=True, label_smoothing=config.optimizer.label_smoothing
+            )
+            if multi_worker:
+                if runtime.precision == "mixed_float16":
+                    optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+            else:
+                # Under mixed_float16, compile wraps the optimizer in a LossScaleOptimizer.
+                model.compile(
+                    optimizer,
+                    loss,
+                    metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+                    jit_compile=runtime.jit_compile,
+                )
+                optimizer = model.optimizer
+            # Built now, so that a restore finds every slot variable.
+            optimizer.build(model.trainable_variables)
+        state = TrainingState(steps_per_epoch, config.trainer.epochs)
+        # tf.train.Checkpoint misses the sub-optimizers of a MultiOptimizer and the states of
+        # the Keras seed generators (dropout): add them explicitly.
+        seed_states = [v.value for v in model.non_trainable_variables if "seed_generator" in v.path]
+        checkpoint = tf.train.Checkpoint(
+            model=model,
+            optimizer=optimizer,
+            **{f"{name}_optimizer": part for name, part in parts.items()},
+            random=tf.train.Checkpoint(**{f"seed_{i}": v for i, v in enumerate(seed_states)}),
+            epoch=state.epoch,
+            batch=state.batch,
+        )
+        manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=3)
+        restored = _restore(checkpoint, manager)
+        if not chief:
+            manager = tf.train.CheckpointManager(checkpoint, own_dir, max_to_keep=3)
+        if chief:  # only now: nothing is written before every check has passed
+            os.makedirs(workdir, exist_ok=True)
+            save_config(config, os.path.join(workdir, CONFIG_FILE))
+            write_class_names(os.path.join(workdir, CLASS_NAMES_FILE), splits["class_names"])
+        if restored and chief:
+            print(
+                f"resumed from {restored}: epoch {int(state.epoch) + 1}, "
+                f"{int(state.batch)} of {steps_per_epoch} batches done",
+                file=log,
+                flush=True,
+            )
+
+        trainer = config.trainer
+        built_in = [
+            CheckpointCallback(
+                state,
+                manager,
+                trainer.checkpoint_every_steps,
+                os.path.join(workdir, MODEL_FILE) if chief else None,
+            )
+        ]
+        if chief:
+            built_in.append(ProgressLogger(state, trainer.log_every_steps, log))
+            val_clip, _ = next(
+                iter(clip_dataset(splits["val"], config, training=False, seed=None, batch_size=1))
+            )
+            built_in.append(
+                TensorBoardLogger(
+                    os.path.join(workdir, LOGS_DIR),
+                    state,
+                    parts,
+                    flow_clip=val_clip[0],
+                    images_every=trainer.flow_images_every_epochs,
+                    histograms_every=trainer.histograms_every_epochs,
+                    batch_every=trainer.log_every_steps,
+                    hparams=flat_hparams(config),
+                    trial_id=os.path.basename(os.path.normpath(workdir)),
+                )
+            )
+        all_callbacks = [*built_in, *callbacks]
+
+        start = time.monotonic()
+        start_step = state.global_step
+        run = _custom_loop if multi_worker else _fit
+        logs = run(model, optimizer, strategy, config, splits, state, all_callbacks)
+        summary = {
+            **{key: float(value) for key, value in logs.items()},
+            "epochs": int(state.epoch),
+            "steps": state.global_step,
+            "steps_this_run": state.global_step - start_step,
+            "wall_time_s": round(time.monotonic() - start, 1),
+            "strategy": runtime.strategy,
+            "replicas": replicas,
+            "precision": runtime.precision,
+            "workdir": workdir,
+        }
+        if chief:
+            summary_path = os.path.join(workdir, SUMMARY_FILE)
+            if logs or not os.path.exists(summary_path):
+                write_json_atomic(summary_path, summary)
+            print(
+                f"done: {summary['epochs']} epochs, {summary['steps']} steps "
+                f"({summary['steps_this_run']} in this run, {summary['wall_time_s']} s); "
+                f"{format_metrics(logs) or 'nothing left to train'}; {workdir}",
+                file=log,
+                flush=True,
+            )
+        return TrainingResult(model, summary)
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+        if not chief:
+            shutil.rmtree(own_dir, ignore_errors=True)
+
+
+# === Loops ===
+
+
+def _epoch_dataset(
+    config, splits, epoch: int, skip: int, steps: int, batch_size: int, input_context=None
+) -> tf.data.Dataset:
+    """The training batches of `epoch`: a fixed sequence (seeded by seed + epoch), from `skip`."""
+    clips = clip_dataset(
+        splits["train"],
+        config,
+        training=True,
+        seed=config.runtime.seed + epoch,
+        batch_size=batch_size,
+        input_context=input_context,
+    )
+    return clips.repeat().take(steps).skip(skip)
+
+
+def _validation_steps(config: ExperimentConfig, splits: dict) -> int:
+    one_pass = math.ceil(splits["num_val"] / config.data.batch_size)
+    return config.trainer.validation_steps or one_pass
+
+
+def _fit(model, optimizer, strategy, config, splits, state, callbacks) -> dict[str, float]:
+    """`model.fit`, one call per epoch so that a resumed epoch starts at its saved batch."""
+    validation = clip_dataset(
+        splits["val"], config, training=False, seed=None, batch_size=config.data.batch_size
+    )
+    # Known steps: Keras warns about unknown-length validation data running out.
+    validation_steps = _validation_steps(config, splits)
+    validation = validation.repeat().take(validation_steps)
+    logs: dict[str, float] = {}
+    for epoch in range(int(state.epoch), state.epochs):
+        skip = int(state.batch)
+        batches = _epoch_dataset(
+            config, splits, epoch, skip, state.steps_per_epoch, config.data.batch_size
+        )
+        history = model.fit(
+            batches,
+            initial_epoch=epoch,
+            epochs=epoch + 1,
+            steps_per_epoch=state.steps_per_epoch - skip,
+            validation_data=validation,
+            validation_steps=validation_steps,
+            callbacks=callbacks,
+            shuffle=False,  # the dataset is shuffled (and seeded) itself
+            verbose=0,
+        )
+        logs = {key: values[-1] for key, values in history.history.items()}
+    return logs
+
+
+def _custom_loop(model, optimizer, strategy, config, splits, state, callbacks) -> dict[str, float]:
+    """Custom training loop for `MultiWorkerMirroredStrategy`, driving the same callbacks."""
+    global_batch = config.data.batch_size
+    label_smoothing = config.optimizer.label_smoothing
+    validation_steps = _validation_steps(config, splits)
+
+    def loss_and_correct(frames, labels, training: bool):
+        logits = model(frames, training=training)
+        per_example = keras.losses.categorical_crossentropy(
+            labels, logits, from_logits=True, label_smoothing=label_smoothing
+        )
+        hits = tf.equal(tf.argmax(logits, -1), tf.argmax(labels, -1))
+        return per_example, tf.reduce_sum(tf.cast(hits, tf.float32))
+
+    def gradients(frames, labels):
+        with tf.GradientTape() as tape:
+            per_example, correct = loss_and_correct(frames, labels, training=True)
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+            scaled = optimizer.scale_loss(loss)
+        return tape.gradient(scaled, model.trainable_variables), loss, correct
+
+    if config.runtime.jit_compile:
+        gradients = tf.function(gradients, jit_compile=True)
+
+    def replica_step(frames, labels):
+        grads, loss, correct = gradients(frames, labels)
+        optimizer.apply(grads, model.trainable_variables)
+        return loss, correct
+
+    @tf.function  # needed: an eager tape under a mixed policy gives None gradients
+    def train_step(iterator):
+        loss, correct = strategy.run(replica_step, args=next(iterator))
+        reduce = strategy.reduce
+        return reduce("SUM", loss, axis=None), reduce("SUM", correct, axis=None)
+
+    @tf.function
+    def val_step(iterator):
+        def replica(frames, labels):
+            per_example, correct = loss_and_correct(frames, labels, training=False)
+            count = tf.cast(tf.shape(labels)[0], tf.float32)
+            return tf.reduce_sum(per_example), correct, count
+
+        results = strategy.run(replica, args=next(iterator))
+        return [strategy.reduce("SUM", value, axis=None) for value in results]
+
+    def validation_function(context):
+        batch = context.get_per_replica_batch_size(global_batch)
+        clips = clip_dataset(
+            splits["val"],
+            config,
+            training=False,
+            seed=None,
+            batch_size=batch,
+            input_context=context,
+        )
+        # Every worker runs the same number of batches (collectives must match).
+        return clips.repeat().take(validation_steps)
+
+    callback_list = keras.callbacks.CallbackList(list(callbacks), model=model)
+    callback_list.on_train_begin()
+    logs: dict[str, float] = {}
+    for epoch in range(int(state.epoch), state.epochs):
+        skip = int(state.batch)
+
+        def train_function(context, epoch=epoch, skip=skip):
+            batch = context.get_per_replica_batch_size(global_batch)
+            return _epoch_dataset(
+                config, splits, epoch, skip, state.steps_per_epoch, batch, input_context=context
+            )
+
+        callback_list.on_epoch_begin(epoch)
+        iterator = iter(strategy.distribute_datasets_from_function(train_function))
+        total_loss = total_correct = 0.0
+        for step in range(state.steps_per_epoch - skip):
+            loss, correct = train_step(iterator)
+            total_loss += float(loss)
+            total_correct += float(correct)
+            done = step + 1
+            logs = {"loss": total_loss / done, "accuracy": total_correct / (done * global_batch)}
+            callback_list.on_train_batch_end(step, logs)
+        val_iterator = iter(strategy.distribute_datasets_from_function(validation_function))
+        sums = [0.0, 0.0, 0.0]
+        for _ in range(validation_steps):
+            sums = [
+                total + float(value)
+                for total, value in zip(sums, val_step(val_iterator), strict=True)
+            ]
+        logs["val_loss"] = sums[0] / max(sums[2], 1.0)
+        logs["val_accuracy"] = sums[1] / max(sums[2], 1.0)
+        callback_list.on_epoch_end(epoch, logs)
+    callback_list.on_train_end(logs)
+    return logs

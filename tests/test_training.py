@@ -1,0 +1,446 @@
+"""Training: the 0.01 x lr flow optimizer, fit + checkpoints + resume, the CLI and its errors,
+MirroredStrategy with mixed precision, and the workdir contract. All on tiny models and data."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from repflow_tf.bin import train as train_cli
+
+from repflow_tf import data, models, training
+from repflow_tf.config import ModelConfig, load_config
+
+NUM_CLASSES = 4
+CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs")
+DEMO = os.path.join(CONFIGS, "demo.toml")
+
+
+def tiny_overrides(root: str, *extra: str) -> list[str]:
+    """A 2D ResNet-18 of width 4 with 2 flow iterations on 4 x 32 x 32 clips, batch 4."""
+    return [
+        f'data.root="{root}"',
+        "data.synthetic=true",
+        "data.synthetic_train=16",
+        "data.synthetic_val=8",
+        "data.synthetic_size=32",
+        "data.num_frames=4",
+        "data.crop_size=32",
+        "data.batch_size=4",
+        "data.shuffle_buffer=16",
+        f"model.num_classes={NUM_CLASSES}",
+        "model.depth=18",
+        "model.base_width=4",
+        'model.flow_position="block1"',
+        "model.flow_iterations=2",
+        "model.flow_channels=4",
+        "model.dropout=0.5",
+        "optimizer.learning_rate=0.05",
+        "schedule.decay_epochs=[1]",
+        "trainer.epochs=2",
+        "trainer.log_every_steps=2",
+        *extra,
+    ]
+
+
+def make_tiny_data(root: str) -> str:
+    """16 training and 8 validation videos of 8 frames of 32 x 32, 4 classes, one shard each."""
+    data.make_synthetic_dataset(
+        root, num_train=16, num_val=8, num_classes=NUM_CLASSES, num_frames=8, size=32, log=None
+    )
+    return root
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory) -> str:
+    return make_tiny_data(str(tmp_path_factory.mktemp("synthetic")))
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    """Runs bin/train.py's main in-process; returns (exit status, stdout, stderr)."""
+    train_cli.FLAGS.unparse_flags()
+    old_argv = sys.argv
+    sys.argv = ["train.py", *argv]
+    try:
+        train_cli.main()
+        code = 0
+    except SystemExit as exit:
+        code = exit.code or 0
+    finally:
+        sys.argv = old_argv
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def set_args(root: str, *extra: str) -> list[str]:
+    return [f"--set={item}" for item in tiny_overrides(root, *extra)]
+
+
+@pytest.fixture(scope="session")
+def trained_workdir(data_root, tmp_path_factory) -> str:
+    """An uninterrupted 2-epoch run through the command line (reused by several tests)."""
+    workdir = str(tmp_path_factory.mktemp("run") / "uninterrupted")
+    train_cli.FLAGS.unparse_flags()
+    old_argv = sys.argv
+    sys.argv = ["train.py", f"--config={DEMO}", f"--workdir={workdir}"]
+    sys.argv += set_args(data_root, "trainer.checkpoint_every_steps=3")
+    try:
+        with pytest.raises(SystemExit) as exit:
+            train_cli.main()
+    finally:
+        sys.argv = old_argv
+    assert not exit.value.code
+    return workdir
+
+
+# === Optimizer ===
+
+
+def test_flow_parameters_get_a_hundredth_of_the_learning_rate():
+    config = load_config(
+        None,
+        [
+            "optimizer.learning_rate=0.1",
+            "optimizer.momentum=0.0",
+            "optimizer.weight_decay=0.5",
+            "schedule.decay_epochs=[2]",
+            "schedule.warmup_epochs=1.0",
+            "trainer.epochs=4",
+        ],
+    )
+    model = models.build(
+        ModelConfig(
+            depth=18,
+            base_width=4,
+            num_classes=3,
+            flow_position="block1",
+            flow_iterations=2,
+            flow_channels=4,
+            flow_learn=("sobel", "divergence", "hyper"),
+        )
+    )
+    optimizer, parts = training.build_optimizer(config, steps_per_epoch=10)
+    variables = model.trainable_variables
+    optimizer.build(variables)
+    flow = [v for v in variables if "representation_flow" in v.path]
+    assert {v.path.rsplit("/", 1)[-1] for v in flow} >= {
+        "log_theta",
+        "log_lambda",
+        "log_tau",
+        "divergence_x",
+        "forward_difference_y",
+        "image_gradient_x",
+    }
+    # The two schedules: warm-up over epoch 1, x0.1 at epoch 2, flow always 0.01 x default.
+    for step, expected in [(0, 0.01), (4, 0.05), (9, 0.1), (19, 0.1), (20, 0.01), (39, 0.01)]:
+        for part in parts.values():
+            part.iterations.assign(step)
+        default, flow_lr = (float(parts[name].learning_rate) for name in ("default", "flow"))
+        assert default == pytest.approx(expected, rel=1e-5)
+        assert flow_lr == pytest.approx(0.01 * expected, rel=1e-5)
+    for part in parts.values():
+        part.iterations.assign(9)  # lr 0.1 and 0.001
+    # One step with every gradient 1 (and weight decay only on the non-flow parameters).
+    before = [v.numpy().copy() for v in variables]
+    optimizer.apply([tf.ones_like(v) for v in variables], variables)
+    for variable, old in zip(variables, before, strict=True):
+        change = old - variable.numpy()
+        if "representation_flow" in variable.path:
+            np.testing.assert_allclose(change, 0.001, rtol=1e-3)  # no decay, lr 0.01 x 0.1
+        else:  # SGD step 0.1 plus decoupled decay lr * wd * w
+            np.testing.assert_allclose(change, 0.1 + 0.1 * 0.5 * old, rtol=1e-3, atol=1e-6)
+
+
+# === fit, checkpoints, resume ===
+
+
+class Interrupt(Exception):
+    pass
+
+
+class InterruptAfter(keras.callbacks.Callback):
+    """Simulates a kill after `step` batches (after that step's checkpoint was written)."""
+
+    def __init__(self, step: int):
+        super().__init__()
+        self.step, self.seen, self.optimizer_state = step, 0, None
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seen += 1
+        if self.seen == self.step:
+            self.optimizer_state = [v.numpy().copy() for v in self.model.optimizer.variables]
+            raise Interrupt
+
+
+class RecordStart(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.optimizer_state, self.batches_per_fit = None, []
+
+    def on_train_begin(self, logs=None):
+        if self.optimizer_state is None:
+            self.optimizer_state = [v.numpy().copy() for v in self.model.optimizer.variables]
+        self.batches_per_fit.append(0)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches_per_fit[-1] += 1
+
+
+def test_resume_continues_from_the_saved_step(data_root, trained_workdir, tmp_path):
+    config = load_config(DEMO, tiny_overrides(data_root, "trainer.checkpoint_every_steps=3"))
+    workdir = str(tmp_path / "interrupted")
+    interrupt = InterruptAfter(3)  # 4 steps per epoch: step 3 is in the middle of epoch 1
+    with pytest.raises(Interrupt):
+        training.train(config, workdir, callbacks=[interrupt], log=open(os.devnull, "w"))
+    assert tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints")).endswith("ckpt-3")
+    assert not os.path.exists(os.path.join(workdir, "model.keras"))
+
+    record = RecordStart()
+    result = training.train(config, workdir, callbacks=[record], log=open(os.devnull, "w"))
+    # Optimizer state (iterations and momentum of both sub-optimizers) as it was at step 3.
+    assert len(record.optimizer_state) == len(interrupt.optimizer_state) > 2
+    for restored, saved in zip(record.optimizer_state, interrupt.optimizer_state, strict=True):
+        np.testing.assert_array_equal(restored, saved)
+    assert int(result.model.optimizer.iterations) == 8
+    # The rest of epoch 1 (1 batch), then epoch 2 (4 batches): not from the epoch start.
+    assert record.batches_per_fit == [1, 4]
+    assert result.summary["steps"] == 8 and result.summary["steps_this_run"] == 5
+    # Same data order and dropout as the uninterrupted run: the same final weights.
+    uninterrupted = keras.models.load_model(os.path.join(trained_workdir, "model.keras"))
+    for resumed, reference in zip(
+        result.model.get_weights(), uninterrupted.get_weights(), strict=True
+    ):
+        np.testing.assert_allclose(resumed, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_workdir_contract(trained_workdir):
+    files = sorted(os.listdir(trained_workdir))
+    assert files == [
+        "checkpoints",
+        "class_names.json",
+        "config.toml",
+        "logs",
+        "model.keras",
+        "summary.json",
+    ]
+    config = load_config(os.path.join(trained_workdir, "config.toml"))
+    assert config.model.base_width == 4 and config.trainer.checkpoint_every_steps == 3
+    with open(os.path.join(trained_workdir, "class_names.json")) as file:
+        assert json.load(file) == list(data.class_names(NUM_CLASSES))
+    with open(os.path.join(trained_workdir, "summary.json")) as file:
+        summary = json.load(file)
+    assert summary["epochs"] == 2 and summary["steps"] == 8
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy", "wall_time_s"):
+        assert np.isfinite(summary[key])
+    model = keras.models.load_model(os.path.join(trained_workdir, "model.keras"))
+    assert model.input.name == "frames"
+    assert model.predict(np.zeros((1, 4, 32, 32, 3), "float32"), verbose=0).shape == (1, 4)
+    checkpoints = tf.train.get_checkpoint_state(os.path.join(trained_workdir, "checkpoints"))
+    # Steps 3 and 6 (every 3), 4 and 8 (epoch ends); the last three are kept.
+    assert [os.path.basename(p) for p in checkpoints.all_model_checkpoint_paths] == [
+        "ckpt-4",
+        "ckpt-6",
+        "ckpt-8",
+    ]
+
+
+@pytest.mark.slow
+def test_mirrored_mixed_precision(data_root, tmp_path):
+    config = load_config(
+        DEMO,
+        tiny_overrides(
+            data_root,
+            'runtime.strategy="mirrored"',
+            'runtime.precision="mixed_float16"',
+            "trainer.epochs=1",
+            "trainer.steps_per_epoch=2",
+            "trainer.validation_steps=1",
+        ),
+    )
+    result = training.train(config, str(tmp_path / "mirrored"), log=open(os.devnull, "w"))
+    assert keras.config.dtype_policy().name == "float32"  # restored
+    assert result.summary["replicas"] == 2 and result.summary["steps"] == 2
+    assert isinstance(result.model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert np.isfinite(result.summary["loss"])
+    sync = [
+        layer
+        for layer in result.model._flatten_layers()
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    assert sync and all(layer.synchronized for layer in sync)
+
+
+# === Command line errors: one line, exit status 2, nothing written ===
+
+
+def test_cli_rejects_a_class_count_that_does_not_match_the_data(data_root, tmp_path, capsys):
+    workdir = str(tmp_path / "w")
+    code, _, err = run_cli(
+        [f"--config={DEMO}", f"--workdir={workdir}", *set_args(data_root, "model.num_classes=5")],
+        capsys,
+    )
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "model.num_classes=5" in err and f"{NUM_CLASSES} classes" in err
+    assert "manifest.json" in err
+    assert not os.path.exists(workdir)
+
+
+def test_cli_rejects_missing_data(tmp_path, capsys):
+    missing = str(tmp_path / "nothing")
+    code, _, err = run_cli(
+        [
+            f"--config={DEMO}",
+            f"--workdir={tmp_path / 'w'}",
+            *set_args(missing, "data.synthetic=false"),
+        ],
+        capsys,
+    )
+    assert code == 2 and len(err.strip().splitlines()) == 1 and missing in err
+    assert not os.path.exists(tmp_path / "w")
+
+
+def test_cli_rejects_a_workdir_of_another_architecture(data_root, trained_workdir, capsys):
+    config_path = os.path.join(trained_workdir, "config.toml")
+    before = {
+        name: os.stat(os.path.join(trained_workdir, name)).st_mtime_ns
+        for name in ("config.toml", "model.keras", "checkpoints/checkpoint")
+    }
+    code, _, err = run_cli(
+        [
+            f"--config={DEMO}",
+            f"--workdir={trained_workdir}",
+            *set_args(data_root, "model.base_width=8"),
+        ],
+        capsys,
+    )
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert config_path in err and "base_width=4->8" in err
+    after = {name: os.stat(os.path.join(trained_workdir, name)).st_mtime_ns for name in before}
+    assert after == before
+
+
+def test_cli_rejects_bad_config_keys(data_root, tmp_path, capsys):
+    code, _, err = run_cli(
+        [f"--config={DEMO}", f"--workdir={tmp_path}", "--set=model.dept=3"], capsys
+    )
+    assert code == 2 and "'dept'" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(
+        [f"--config={DEMO}", f"--workdir={tmp_path}", "--strategy=everywhere"], capsys
+    )
+    assert code == 2 and "strategy" in err
+
+
+def test_configs_load_and_state_their_expected_result():
+    names = sorted(os.listdir(CONFIGS))
+    assert {"demo.toml", "demo_rgb.toml"} <= set(names) and len(names) >= 5
+    for name in names:
+        config = load_config(os.path.join(CONFIGS, name))
+        with open(os.path.join(CONFIGS, name)) as file:
+            header = file.read().split("\n[")[0]
+        assert "Expected" in header or "expect" in header, name
+        assert config.optimizer.flow_lr_multiplier == 0.01
+
+
+# === TensorBoard, read back through a real server ===
+
+
+def _get(url: str, body: bytes | None = None):
+    request = urllib.request.Request(url, data=body)
+    if body is not None:
+        request.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        content = response.read()
+    return (
+        content if response.headers.get_content_type().startswith("image") else json.loads(content)
+    )
+
+
+@pytest.mark.slow
+def test_tensorboard_serves_scalars_flow_images_and_hparams(trained_workdir):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    executable = os.path.join(os.path.dirname(sys.executable), "tensorboard")
+    server = subprocess.Popen(
+        [
+            executable,
+            "--logdir",
+            os.path.join(trained_workdir, "logs"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--reload_interval",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}/data/plugin"
+    try:
+        deadline, tags = time.monotonic() + 90, {}
+        while time.monotonic() < deadline:
+            try:
+                tags = _get(f"{base}/scalars/tags")
+            except (OSError, ValueError):
+                tags = {}
+            if "epoch_loss" in tags.get("validation", {}) and "batch_loss" in tags.get("train", {}):
+                break
+            time.sleep(1)
+        train_tags = set(tags["train"])
+        assert {"epoch_loss", "epoch_accuracy", "learning_rate/default", "learning_rate/flow"} <= (
+            train_tags
+        )
+        assert {"epoch_loss", "epoch_accuracy"} <= set(tags["validation"])
+        hyper = sorted(tag for tag in train_tags if tag.startswith("flow/"))
+        assert hyper == [
+            f"flow/flow_stack/flow_block_1/representation_flow/{name}"
+            for name in ("lambda", "tau", "theta")
+        ]
+
+        def scalars(run, tag):
+            query = urllib.parse.urlencode({"run": run, "tag": tag})
+            return {step: value for _, step, value in _get(f"{base}/scalars/scalars?{query}")}
+
+        assert sorted(scalars("validation", "epoch_accuracy")) == [0, 1]
+        default, flow = (
+            scalars("train", "learning_rate/default"),
+            scalars("train", "learning_rate/flow"),
+        )
+        assert default == pytest.approx({0: 0.005, 1: 0.005})  # 0.05, x0.1 from epoch 1 (step 4)
+        assert flow == pytest.approx({step: 0.01 * value for step, value in default.items()})
+        assert 0 < scalars("train", hyper[2])[1] < 10  # θ
+
+        image_tags = _get(f"{base}/images/tags")["validation"]
+        assert list(image_tags) == ["flow_images/first_flow_layer"]
+        assert image_tags["flow_images/first_flow_layer"]["samples"] == 4  # 4 of the 4 channels
+        query = urllib.parse.urlencode({"run": "validation", "tag": "flow_images/first_flow_layer"})
+        entries = _get(f"{base}/images/images?{query}&sample=0")
+        assert [entry["step"] for entry in entries] == [0, 1]
+        png = _get(f"{base}/images/individualImage?{entries[-1]['query']}")
+        image = tf.io.decode_png(png).numpy()
+        assert (
+            image.shape == (8, 3 * 8, 3) and image.max() > 0
+        )  # 3 flow steps of 8 x 8 side by side
+
+        histograms = _get(f"{base}/histograms/tags")["train"]
+        assert any("representation_flow/log_theta" in tag for tag in histograms)
+
+        experiment = _get(f"{base}/hparams/experiment", json.dumps({"experimentName": ""}).encode())
+        names = {info["name"] for info in experiment["hparamInfos"]}
+        assert {"model.flow_position", "optimizer.learning_rate", "data.batch_size"} <= names
+        metrics = {(m["name"]["group"], m["name"]["tag"]) for m in experiment["metricInfos"]}
+        assert ("validation", "epoch_accuracy") in metrics
+    finally:
+        server.kill()
+        server.wait(timeout=10)
