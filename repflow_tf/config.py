@@ -194,6 +194,8 @@ class DataConfig:
         batch_size: global batch size (split over the replicas of a strategy).
         eval_clips: evenly spaced clips per video at evaluation (video-level accuracy).
         shuffle_buffer: clips in the training shuffle buffer.
+        flip: random horizontal flips in training (turn off where left and right are the
+            classes, as in the synthetic motion dataset).
     """
 
     root: str = "data/synthetic"
@@ -209,6 +211,7 @@ class DataConfig:
     batch_size: int = 8
     eval_clips: int = 1
     shuffle_buffer: int = 256
+    flip: bool = True
 
     def __post_init__(self):
         for name in ("synthetic_train", "synthetic_val", "stride", "batch_size", "eval_clips"):
@@ -220,6 +223,7 @@ class DataConfig:
         for name in ("root", "train_split", "val_split"):
             _check_str(name, getattr(self, name))
         _check_bool("synthetic", self.synthetic)
+        _check_bool("flip", self.flip)
 
     def split_dir(self, split: str) -> str:
         """The converted split directory: `<root>/<split>`, or for the synthetic dataset

@@ -309,6 +309,7 @@ def clip_dataset(
         stride=options.stride,
         crop_size=options.crop_size,
         shuffle_buffer=options.shuffle_buffer,
+        flip=options.flip,
         seed=seed,
     )
     pipelines = input_context.num_input_pipelines if input_context else 1
