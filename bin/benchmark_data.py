@@ -4,9 +4,9 @@
     python bin/benchmark_data.py --data=data/hmdb51_1/train --steps_per_second=3.5
 
 Without --data it benchmarks a synthetic dataset (generated once into --cache_dir). The model
-side: pass the measured training steps per second at --batch_size with --steps_per_second, or
-extend `model_clips_per_second` below to time a real train step with
-`repflow_tf.data.benchmark.measure_step`.
+side: the train step of the model in --model_config (default: the demo's) is timed on one
+pipeline batch of the same shape; --steps_per_second=S uses a measured rate instead, and
+--model_config="" skips the model.
 """
 
 import os
@@ -17,7 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 
 from repflow_tf.data import DataError, make_synthetic_dataset, video_dataset  # noqa: E402
-from repflow_tf.data.benchmark import measure_pipeline  # noqa: E402
+from repflow_tf.data.benchmark import measure_pipeline, measure_step  # noqa: E402
 from repflow_tf.data.cli import fail, parse_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -34,17 +34,42 @@ flags.DEFINE_integer("crop_size", 112, "Clip height and width.", lower_bound=1)
 flags.DEFINE_integer("num_batches", 40, "Batches timed.", lower_bound=1)
 flags.DEFINE_integer("warmup_batches", 5, "Batches read before timing.", lower_bound=0)
 flags.DEFINE_float(
-    "steps_per_second", 0, "Training steps per second of the model at --batch_size (0: unknown)."
+    "steps_per_second", 0, "Training steps per second of the model at --batch_size (0: time it)."
 )
+flags.DEFINE_string("model_config", "configs/demo.toml", "Experiment whose model step is timed.")
+flags.DEFINE_integer("model_steps", 5, "Train steps timed.", lower_bound=1)
 
 
-def model_clips_per_second() -> float | None:
-    """Clips per second the training step consumes, or None when unknown.
+def model_clips_per_second(batch) -> float | None:
+    """Clips per second the training step of --model_config's model consumes on `batch`."""
+    if FLAGS.steps_per_second > 0:
+        return FLAGS.steps_per_second * FLAGS.batch_size
+    if not FLAGS.model_config:
+        return None
+    import keras
 
-    Extension point: once the models exist, build the default model and time its train step with
-    `repflow_tf.data.benchmark.measure_step(train_step, batch)` instead of trusting a flag.
-    """
-    return FLAGS.steps_per_second * FLAGS.batch_size if FLAGS.steps_per_second > 0 else None
+    from repflow_tf import models
+    from repflow_tf.config import ConfigError, load_config
+
+    try:
+        config = load_config(FLAGS.model_config)
+    except ConfigError as error:
+        fail(str(error))
+    model = models.build(config.model)
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    frames, labels = batch
+    labels = labels % config.model.num_classes
+    result = measure_step(
+        lambda _: model.train_on_batch(frames, labels),
+        batch,
+        num_steps=FLAGS.model_steps,
+        warmup_steps=1,
+    )
+    print(f"model: {model.name} from {FLAGS.model_config}", file=sys.stderr)
+    return result.clips_per_second
 
 
 def _run(argv: list[str]) -> None:
@@ -76,9 +101,9 @@ def _run(argv: list[str]) -> None:
         f"batch {FLAGS.batch_size}, {result.batches_per_second:.2f} batches/s "
         f"over {result.seconds:.1f} s)"
     )
-    needed = model_clips_per_second()
+    needed = model_clips_per_second(next(iter(dataset)))
     if needed is None:
-        print("model step: unknown (pass --steps_per_second to compare)")
+        print("model step: not measured (--model_config is empty)")
     else:
         verdict = "the model" if result.clips_per_second >= needed else "the INPUT PIPELINE"
         print(
