@@ -537,8 +537,10 @@ def print_report(results, meter_kind, isolated):
         print()
         print("Failed cells:")
         for r in errors:
-            print(f"  {r['case']} {r['impl']} {r['mode']} {_DIRECTION_LABEL[r['direction']]}: "
-                  f"{r['error']}")
+            print(
+                f"  {r['case']} {r['impl']} {r['mode']} {_DIRECTION_LABEL[r['direction']]}: "
+                f"{r['error']}"
+            )
     sized = [r for r in results if "graph_ops" in r]
     if sized:
         print()
@@ -651,8 +653,10 @@ def _run(argv):
     print_report(results, meter.kind, isolate)
     sources = sorted({r["source"] for r in results} | {SOURCE_FINGERPRINT})
     if len(sources) > 1:
-        print(f"WARNING: repflow_tf/ops.py or layers.py changed during the run (source hashes "
-              f"{', '.join(sources)}); cells are not comparable.")
+        print(
+            f"WARNING: repflow_tf/ops.py or layers.py changed during the run (source hashes "
+            f"{', '.join(sources)}); cells are not comparable."
+        )
     print(f"Total wall time {time.perf_counter() - start:.1f} s.")
     if FLAGS.json_out:
         payload = {
