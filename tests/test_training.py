@@ -42,6 +42,7 @@ def tiny_overrides(root: str, *extra: str) -> list[str]:
         "model.depth=18",
         "model.base_width=4",
         'model.flow_position="block1"',
+        'model.flow_learn=["divergence", "hyper"]',  # the demo's flow is fixed; these tests learn
         "model.flow_iterations=2",
         "model.flow_channels=4",
         "model.dropout=0.5",
