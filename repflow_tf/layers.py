@@ -10,10 +10,11 @@ import tensorflow as tf
 
 from repflow_tf import ops
 
-LEARNABLE_GROUPS = ("sobel", "divergence", "hyper")
+LEARNABLE_GROUPS = ops.LEARNABLE_GROUPS
 # Learned θ, λ, τ are kept within [1e-4, 1e4]: exp(log θ) of an unbounded log underflows to 0
 # (τ/θ = inf, NaN flow) or overflows to inf after one large optimizer step.
 _LOG_HYPER_RANGE = (float(np.log(1e-4)), float(np.log(1e4)))
+JIT_CHOICES = (True, False, "auto")
 FLOW_STACKS = ("single", "fof", "fcf")
 _PACKAGE = "repflow_tf"
 
@@ -32,17 +33,12 @@ def _validate_hyperparameter(name: str, value) -> float:
     return float(value)
 
 
-def _validate_learn(learn) -> tuple[str, ...]:
-    if isinstance(learn, str):
-        learn = (learn,)
-    learn = tuple(learn or ())
-    unknown = [group for group in learn if group not in LEARNABLE_GROUPS]
-    if unknown:
+def _validate_jit_compile(jit_compile) -> bool | str:
+    if not any(jit_compile is choice or jit_compile == choice for choice in JIT_CHOICES):
         raise ValueError(
-            f"`learn` must be a subset of {LEARNABLE_GROUPS}. Received: learn={learn!r} "
-            f"(unknown: {unknown})"
+            f"`jit_compile` must be True, False or 'auto'. Received: jit_compile={jit_compile!r}"
         )
-    return tuple(group for group in LEARNABLE_GROUPS if group in learn)
+    return jit_compile
 
 
 def normalize_per_channel(clips: tf.Tensor) -> tf.Tensor:
@@ -79,6 +75,14 @@ class RepresentationFlow(keras.layers.Layer):
             the other groups are non-trainable weights.
         theta, lambda_, tau: initial θ, λ, τ.
         normalize: rescale each example's channels to [0, 255] before computing the flow.
+        jit_compile: run the iteration and its hand-written gradient as XLA-compiled functions
+            (True), as plain graph functions (False: no must-compile function, e.g. for
+            exports to runtimes without XLA), or `"auto"` (XLA: the fastest on CPU and GPU;
+            inside a model compiled with `jit_compile=True` everything is XLA anyway).
+
+    Gradients are computed by hand (see `ops.tvl1_iterate`) for the inputs and for the weight
+    groups that are trainable when the layer is called; frozen groups cost nothing (and get
+    zero gradients).
 
     Example:
 
@@ -96,6 +100,7 @@ class RepresentationFlow(keras.layers.Layer):
         lambda_: float = 0.15,
         tau: float = 0.25,
         normalize: bool = True,
+        jit_compile: bool | str = "auto",
         **kwargs,
     ):
         # Variables must not be autocast: the whole iteration runs in float32.
@@ -108,11 +113,12 @@ class RepresentationFlow(keras.layers.Layer):
             )
         self.num_iter = int(num_iter)
         self.gradient = gradient
-        self.learn = _validate_learn(learn)
+        self.learn = ops.validate_learn(learn)
         self.theta = _validate_hyperparameter("theta", theta)
         self.lambda_ = _validate_hyperparameter("lambda_", lambda_)
         self.tau = _validate_hyperparameter("tau", tau)
         self.normalize = bool(normalize)
+        self.jit_compile = _validate_jit_compile(jit_compile)
 
     def _check_input_shape(self, input_shape) -> None:
         if len(input_shape) != 5:
@@ -134,6 +140,8 @@ class RepresentationFlow(keras.layers.Layer):
     def build(self, input_shape):
         self._check_input_shape(input_shape)
         channels = int(input_shape[-1])
+        # A layer built for C channels refuses others (its kernels are per channel).
+        self.input_spec = keras.InputSpec(ndim=5, axes={-1: channels})
 
         def constant_weight(name, value, group, constraint=None):
             value = np.asarray(value, dtype="float32")
@@ -173,6 +181,17 @@ class RepresentationFlow(keras.layers.Layer):
             "tau": positive(self.log_tau.value),
         }
 
+    def _trainable_groups(self) -> tuple[str, ...]:
+        """The groups whose gradients the backward computes: trainable ones, read at call time."""
+        if not self.trainable:
+            return ()
+        first_weight = {
+            "sobel": self.image_gradient_x,
+            "divergence": self.forward_difference_x,
+            "hyper": self.log_theta,
+        }
+        return tuple(group for group in LEARNABLE_GROUPS if first_weight[group].trainable)
+
     def call(self, inputs):
         if not inputs.dtype.is_floating:
             raise ValueError(
@@ -198,6 +217,8 @@ class RepresentationFlow(keras.layers.Layer):
             lambda_=hyper["lambda"],
             tau=hyper["tau"],
             num_iter=self.num_iter,
+            learn=self._trainable_groups(),
+            jit_compile=self.jit_compile is not False,
         )
         out_shape = tf.concat([shape[:1], shape[1:2] - 1, shape[2:]], axis=0)
         flow = tf.concat([tf.reshape(flow_x, out_shape), tf.reshape(flow_y, out_shape)], axis=-1)
@@ -219,6 +240,7 @@ class RepresentationFlow(keras.layers.Layer):
                 "lambda_": self.lambda_,
                 "tau": self.tau,
                 "normalize": self.normalize,
+                "jit_compile": self.jit_compile,
             }
         )
         return config
@@ -236,7 +258,8 @@ class FlowBlock(keras.layers.Layer):
 
     Args:
         channels_reduced: channels C' the flow is computed on (the paper uses 32).
-        num_iter, gradient, learn, theta, lambda_, tau: passed to `RepresentationFlow`.
+        num_iter, gradient, learn, theta, lambda_, tau, jit_compile: passed to
+            `RepresentationFlow`.
         synchronized_bn: use `BatchNormalization(synchronized=True)` (for distributed training).
 
     Example:
@@ -256,6 +279,7 @@ class FlowBlock(keras.layers.Layer):
         lambda_: float = 0.15,
         tau: float = 0.25,
         synchronized_bn: bool = False,
+        jit_compile: bool | str = "auto",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -278,6 +302,7 @@ class FlowBlock(keras.layers.Layer):
             lambda_=lambda_,
             tau=tau,
             normalize=True,
+            jit_compile=jit_compile,
             dtype=self.dtype_policy,
             name="representation_flow",
         )
@@ -292,6 +317,12 @@ class FlowBlock(keras.layers.Layer):
                 f"Received: inputs.shape={tuple(input_shape)}"
             )
         channels = input_shape[-1]
+        if channels is None:
+            raise ValueError(
+                "The channel dimension of the inputs must be known. "
+                f"Received: inputs.shape={tuple(input_shape)}"
+            )
+        self.input_spec = keras.InputSpec(ndim=5, axes={-1: channels})
         self.reduce.build(input_shape)
         reduced_shape = self.reduce.compute_output_shape(input_shape)
         self.flow.build(reduced_shape)
@@ -331,7 +362,15 @@ class FlowBlock(keras.layers.Layer):
                 "synchronized_bn": self.synchronized_bn,
                 **{
                     key: flow_config[key]
-                    for key in ("num_iter", "gradient", "learn", "theta", "lambda_", "tau")
+                    for key in (
+                        "num_iter",
+                        "gradient",
+                        "learn",
+                        "theta",
+                        "lambda_",
+                        "tau",
+                        "jit_compile",
+                    )
                 },
             }
         )

@@ -5,17 +5,28 @@ Conventions (see DESIGN.md): channels-last (N, H, W, C) float tensors; every ker
 Sobel/8 (or central differences) correlated with edge-replicate padding, so flow is in pixels and
 points along the motion; ∇u is a forward difference whose last column/row is 0; div(p) zero-pads p
 in front and correlates with [-1, 1], the negative adjoint of ∇u.
+
+The gradient of the iteration is written by hand (reverse mode, see `tvl1_iterate`): autodiff is
+never run through the loop.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import functools
+import math
+from collections.abc import Iterable
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
+from tensorflow.python.eager import context
 
 EPSILON = 1e-12
 GRADIENTS = ("sobel", "central")
+# Learnable groups of the paper's Table 2: image-gradient kernels, div / ∇u kernels, θ λ τ.
+LEARNABLE_GROUPS = ("sobel", "divergence", "hyper")
 
 # Correlation kernels of the positive x derivative; the y kernels are their transposes.
 _X_GRADIENT_TAPS = {
@@ -23,11 +34,28 @@ _X_GRADIENT_TAPS = {
     "central": np.array([[-0.5, 0.0, 0.5]]),
 }
 _DIFFERENCE_TAPS = np.array([[-1.0, 1.0]])
+# Height and width axes of (..., H, W, C) tensors: (N, H, W, C) frames and the (2, N, H, W, C)
+# stacks of both flow components the iteration works on.
+_Y, _X = -3, -2
 
 
 def _validate_gradient(gradient: str) -> None:
     if gradient not in GRADIENTS:
         raise ValueError(f"`gradient` must be one of {GRADIENTS}. Received: gradient={gradient!r}")
+
+
+def validate_learn(learn: str | Iterable[str] | None) -> tuple[str, ...]:
+    """`learn` as a tuple in LEARNABLE_GROUPS order; raises ValueError naming unknown groups."""
+    if isinstance(learn, str):
+        learn = (learn,)
+    learn = tuple(learn or ())
+    unknown = [group for group in learn if group not in LEARNABLE_GROUPS]
+    if unknown:
+        raise ValueError(
+            f"`learn` must be a subset of {LEARNABLE_GROUPS}. Received: learn={learn!r} "
+            f"(unknown: {unknown})"
+        )
+    return tuple(group for group in LEARNABLE_GROUPS if group in learn)
 
 
 def _depthwise(taps: np.ndarray, channels: int) -> np.ndarray:
@@ -55,6 +83,47 @@ def difference_kernels(channels: int) -> tuple[np.ndarray, np.ndarray]:
     return _depthwise(_DIFFERENCE_TAPS, channels), _depthwise(_DIFFERENCE_TAPS.T, channels)
 
 
+# === Stencils and their adjoints ===
+
+
+def _along(x: tf.Tensor, axis: int, start: int | None, stop: int | None) -> tf.Tensor:
+    index = [slice(None)] * x.shape.rank
+    index[axis] = slice(start, stop)
+    return x[tuple(index)]
+
+
+def _pad_along(x: tf.Tensor, axis: int, before: int, after: int) -> tf.Tensor:
+    paddings = [[0, 0]] * x.shape.rank
+    paddings[axis] = [before, after]
+    return tf.pad(x, paddings)
+
+
+def _sum_per_channel(x: tf.Tensor) -> tf.Tensor:
+    return tf.reduce_sum(x, axis=tuple(range(x.shape.rank - 1)))
+
+
+def _sums_per_channel(products: Iterable[tf.Tensor]) -> list[tf.Tensor]:
+    """Per-channel sums (C,) of several tensors, as one matrix product.
+
+    Under XLA a reduction fuses the computation of its operand; eight reductions of tap
+    products then recompute the whole adjoint eight times (measured 4x slower than everything
+    else together). A dot's operands are materialised once. (The ones matrix has two rows so
+    that XLA does not strength-reduce the dot back into a reduction.)
+    """
+    # Stacked (2, N, H, W, C) products are summed over the stack first (elementwise, fused).
+    products = [p[0] + p[1] if p.shape.rank == 5 else p for p in products]
+    channels = products[0].shape[-1]
+    columns = tf.concat([tf.reshape(product, [-1, channels]) for product in products], axis=1)
+    ones = tf.ones([2, tf.shape(columns)[0]], columns.dtype)
+    return tf.split(tf.matmul(ones, columns)[0], len(products))
+
+
+def _taps(kernel: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """The two per-channel taps (C,) of a (1, 2, C, 1) or (2, 1, C, 1) difference kernel."""
+    taps = tf.reshape(kernel, [2, -1])
+    return taps[0], taps[1]
+
+
 def _correlate(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
     """VALID depthwise correlation of (N, H, W, C) `x` with a (kh, kw, C, 1) kernel.
 
@@ -73,113 +142,547 @@ def _correlate(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
     return result
 
 
+def _edge_padding(kernel: tf.Tensor) -> list[list[int]]:
+    kh, kw = kernel.shape[0], kernel.shape[1]
+    return [[0, 0], [(kh - 1) // 2, kh // 2], [(kw - 1) // 2, kw // 2], [0, 0]]
+
+
+def _edge_pad(image: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
+    # SYMMETRIC padding by (at most) one pixel repeats the border pixel: edge replication.
+    return tf.pad(image, _edge_padding(kernel), mode="SYMMETRIC")
+
+
 def image_gradients(
     image: tf.Tensor, kernel_x: tf.Tensor, kernel_y: tf.Tensor
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """(∂x, ∂y) of `image` (N, H, W, C) with edge-replicate padding; same shape as the input."""
+    return (
+        _correlate(_edge_pad(image, kernel_x), kernel_x),
+        _correlate(_edge_pad(image, kernel_y), kernel_y),
+    )
 
-    def correlate_edge_padded(kernel):
-        kh, kw = kernel.shape[0], kernel.shape[1]
-        # SYMMETRIC padding by one pixel repeats the border pixel: edge replication.
-        padded = tf.pad(
-            image,
-            [[0, 0], [(kh - 1) // 2, kh // 2], [(kw - 1) // 2, kw // 2], [0, 0]],
-            mode="SYMMETRIC",
-        )
-        return _correlate(padded, kernel)
 
-    return correlate_edge_padded(kernel_x), correlate_edge_padded(kernel_y)
+def _unpad_edges(padded_grad: tf.Tensor, paddings: list[list[int]]) -> tf.Tensor:
+    """Adjoint of edge-replicate padding by at most one pixel: fold the border back in."""
+    grad = padded_grad
+    for axis in (_Y, _X):
+        before, after = paddings[axis]
+        size = tf.shape(grad)[axis] - before - after
+        inner = _along(grad, axis, before, before + size if after else None)
+        if before:
+            inner += _pad_along(_along(grad, axis, 0, 1), axis, 0, size - 1)
+        if after:
+            inner += _pad_along(_along(grad, axis, -1, None), axis, size - 1, 0)
+        grad = inner
+    return grad
+
+
+def _image_gradient_vjp(grad, image, kernel, need_kernel):
+    """(∂/∂image, ∂/∂kernel or None) of <grad, edge-padded correlation(image, kernel)>.
+
+    The adjoint of a VALID correlation scatters each tap's product back to its window (a
+    correlation with the flipped kernel); the edge padding's adjoint adds the border rows and
+    columns onto the first / last row and column.
+    """
+    kh, kw = kernel.shape[0], kernel.shape[1]
+    padded = _edge_pad(image, kernel)
+    height, width = tf.shape(grad)[1], tf.shape(grad)[2]
+    padded_grad = None
+    kernel_grad = []
+    for i in range(kh):
+        for j in range(kw):
+            term = tf.pad(
+                grad * kernel[i, j, :, 0], [[0, 0], [i, kh - 1 - i], [j, kw - 1 - j], [0, 0]]
+            )
+            padded_grad = term if padded_grad is None else padded_grad + term
+            if need_kernel:
+                window = padded[:, i : i + height, j : j + width, :]
+                kernel_grad.append(_sum_per_channel(grad * window))
+    image_grad = _unpad_edges(padded_grad, _edge_padding(kernel))
+    if not need_kernel:
+        return image_grad, None
+    return image_grad, tf.reshape(tf.stack(kernel_grad), kernel.shape)
+
+
+def _forward_difference(field, axis, taps):
+    """taps[0] * f[j] + taps[1] * f[j + 1] along `axis`; the last entry is 0."""
+    body = taps[0] * _along(field, axis, None, -1) + taps[1] * _along(field, axis, 1, None)
+    return _pad_along(body, axis, 0, 1)
+
+
+def _forward_difference_vjp(grad, field, axis, taps, need_taps):
+    """(∂/∂field, (∂/∂tap0, ∂/∂tap1) or None) of <grad, _forward_difference(field)>."""
+    inner = _along(grad, axis, None, -1)  # the last entry is the constant 0
+    field_grad = _pad_along(taps[0] * inner, axis, 0, 1) + _pad_along(taps[1] * inner, axis, 1, 0)
+    if not need_taps:
+        return field_grad, None
+    # Tap products are zero-padded back to the field's shape so they can be summed together.
+    return field_grad, (
+        _pad_along(inner * _along(field, axis, None, -1), axis, 0, 1),
+        _pad_along(inner * _along(field, axis, 1, None), axis, 0, 1),
+    )
+
+
+def _backward_difference(p, axis, taps):
+    """taps[0] * p[j - 1] + taps[1] * p[j] along `axis` with p[-1] = 0 (div(p)'s stencil)."""
+    return _pad_along(taps[0] * _along(p, axis, None, -1), axis, 1, 0) + taps[1] * p
+
+
+def _backward_difference_vjp(grad, p, axis, taps, need_taps):
+    """(∂/∂p, (∂/∂tap0, ∂/∂tap1) products or None) of <grad, _backward_difference(p)>."""
+    shifted = _along(grad, axis, 1, None)
+    p_grad = _pad_along(taps[0] * shifted, axis, 0, 1) + taps[1] * grad
+    if not need_taps:
+        return p_grad, None
+    return p_grad, (_pad_along(shifted * _along(p, axis, None, -1), axis, 0, 1), grad * p)
 
 
 def forward_gradients(
     field: tf.Tensor, kernel_x: tf.Tensor, kernel_y: tf.Tensor
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Forward differences of `field` along x and y; the last column (x) / row (y) is 0."""
-    grad_x = tf.pad(_correlate(field, kernel_x), [[0, 0], [0, 0], [0, 1], [0, 0]])
-    grad_y = tf.pad(_correlate(field, kernel_y), [[0, 0], [0, 1], [0, 0], [0, 0]])
-    return grad_x, grad_y
+    return (
+        _forward_difference(field, _X, _taps(kernel_x)),
+        _forward_difference(field, _Y, _taps(kernel_y)),
+    )
 
 
 def divergence(
     p_x: tf.Tensor, p_y: tf.Tensor, kernel_x: tf.Tensor, kernel_y: tf.Tensor
 ) -> tf.Tensor:
     """div(p) = p_x ⋆ w_x + p_y ⋆ w_y with p zero-padded on the first column / row (Eq. 9)."""
-    div_x = _correlate(tf.pad(p_x, [[0, 0], [0, 0], [1, 0], [0, 0]]), kernel_x)
-    div_y = _correlate(tf.pad(p_y, [[0, 0], [1, 0], [0, 0], [0, 0]]), kernel_y)
-    return div_x + div_y
+    return _backward_difference(p_x, _X, _taps(kernel_x)) + _backward_difference(
+        p_y, _Y, _taps(kernel_y)
+    )
 
 
-def _iterate(frame1, frame2, kernels, theta, lambda_, tau, num_iter):
-    image_x, image_y, difference_x, difference_y, divergence_x, divergence_y = kernels
-    grad_x, grad_y = image_gradients(frame2, image_x, image_y)
+# === One iteration, forward ===
+
+# Both flow components are processed as one (2, N, H, W, C) stack: u = (u_x, u_y), and the
+# duals p_x = (p_xx, p_yx), p_y = (p_xy, p_yy) of ∂u/∂x and ∂u/∂y. Half the ops, twice the data
+# per op: fewer, larger fused kernels under XLA, fewer kernel launches without it.
+#
+# What stays fixed over the iterations: ∇F2 as a (2, N, H, W, C) stack, 1 / |∇F2|², F2 - F1.
+_Fields = collections.namedtuple("_Fields", "grad inv_grad_sq constant")
+# The per-channel (C,) tap pairs of the ∇u and div kernels.
+_Stencils = collections.namedtuple(
+    "_Stencils", "difference_x difference_y divergence_x divergence_y"
+)
+# θ, λθ (the threshold step), τ/θ.
+_Scalars = collections.namedtuple("_Scalars", "theta step ratio")
+_STATE_SIZE = 3  # u, p_x, p_y
+
+
+def _fields(frame1, frame2, image_kernel_x, image_kernel_y):
+    grad_x, grad_y = image_gradients(frame2, image_kernel_x, image_kernel_y)
     inv_grad_sq = 1.0 / (grad_x * grad_x + grad_y * grad_y + EPSILON)
-    constant = frame2 - frame1
-    step = lambda_ * theta
-    tau_over_theta = tau / theta
+    return _Fields(tf.stack([grad_x, grad_y]), inv_grad_sq, frame2 - frame1)
 
-    def dual_step(p_x, p_y, field):
-        d_x, d_y = forward_gradients(field, difference_x, difference_y)
-        denominator = 1.0 + tau_over_theta * tf.sqrt(d_x * d_x + d_y * d_y + EPSILON)
-        return (
-            (p_x + tau_over_theta * d_x) / denominator,
-            (p_y + tau_over_theta * d_y) / denominator,
+
+def _dot_components(a, b):
+    # Written out: a reduction over the stack axis makes XLA emit slow reduction kernels.
+    return a[0] * b[0] + a[1] * b[1]
+
+
+def _threshold(u, fields, step):
+    """The thresholding step: (v, t = -ρ/|∇F2|², clip(t, -λθ, λθ))."""
+    rho = fields.constant + _dot_components(fields.grad, u)
+    target = -rho * fields.inv_grad_sq
+    # The three cases of the thresholding step are one clip: -ρ/|∇F|² limited to ±λθ.
+    shift = tf.clip_by_value(target, -step, step)
+    return u + shift * fields.grad, target, shift
+
+
+def _divergence(p_x, p_y, stencils):
+    return _backward_difference(p_x, _X, stencils.divergence_x) + _backward_difference(
+        p_y, _Y, stencils.divergence_y
+    )
+
+
+def _differences(u, stencils):
+    return (
+        _forward_difference(u, _X, stencils.difference_x),
+        _forward_difference(u, _Y, stencils.difference_y),
+    )
+
+
+def _step(state, fields, stencils, scalars):
+    """One iteration of Algorithm 1 on the state (u, p_x, p_y)."""
+    u, p_x, p_y = state
+    v, _, _ = _threshold(u, fields, scalars.step)
+    u = v + scalars.theta * _divergence(p_x, p_y, stencils)
+    d_x, d_y = _differences(u, stencils)
+    denominator = 1.0 + scalars.ratio * tf.sqrt(d_x * d_x + d_y * d_y + EPSILON)
+    return u, (p_x + scalars.ratio * d_x) / denominator, (p_y + scalars.ratio * d_y) / denominator
+
+
+def _loop(state, steps, fields, stencils, scalars):
+    """`steps` iterations from `state`."""
+    if steps == 0:
+        return state
+    return _while(lambda *s: _step(s, fields, stencils, scalars), state, steps)
+
+
+# === One iteration, reverse mode ===
+
+# Accumulated over iterations: the gradients w.r.t. the fixed fields ∇F2 (stacked) and F2 - F1.
+_FieldGrads = collections.namedtuple("_FieldGrads", "grad constant")
+
+
+def _dual_vjp(p_x, p_y, u, adj_x, adj_y, stencils, ratio, need_taps):
+    """Reverse of the dual update p' = (p + r∇u) / (1 + r|∇u|).
+
+    Returns (∂/∂p_x, ∂/∂p_y, ∂/∂u, ∂/∂r summand, tap products of ∇u's kernels or None).
+    """
+    d_x, d_y = _differences(u, stencils)
+    norm = tf.sqrt(d_x * d_x + d_y * d_y + EPSILON)
+    inverse = 1.0 / (1.0 + ratio * norm)
+    grad_p_x = adj_x * inverse
+    grad_p_y = adj_y * inverse
+    # ∂/∂denominator = -<adjoint, p'> / denominator.
+    grad_denominator = -(grad_p_x * (p_x + ratio * d_x) + grad_p_y * (p_y + ratio * d_y)) * inverse
+    along_norm = ratio * grad_denominator / norm
+    ratio_summand = grad_p_x * d_x + grad_p_y * d_y + grad_denominator * norm
+    grad_d_x = ratio * grad_p_x + along_norm * d_x
+    grad_d_y = ratio * grad_p_y + along_norm * d_y
+    u_x, taps_x = _forward_difference_vjp(grad_d_x, u, _X, stencils.difference_x, need_taps)
+    u_y, taps_y = _forward_difference_vjp(grad_d_y, u, _Y, stencils.difference_y, need_taps)
+    taps = (*taps_x, *taps_y) if need_taps else ()
+    return grad_p_x, grad_p_y, u_x + u_y, ratio_summand, taps
+
+
+def _step_vjp(state, adjoint, fields, stencils, scalars, learn, sums):
+    """Reverse of `_step`: the adjoint of the step's input state, and updated sums.
+
+    `sums` maps "fields" to a _FieldGrads and "reduced" to per-channel (C,) sums: with
+    "divergence" learned, the 8 tap sums (∇u x, ∇u y, div x, div y kernels, two taps each),
+    then with "hyper" learned Σ ∂/∂θ through div, Σ ∂/∂(λθ) and Σ ∂/∂(τ/θ).
+    """
+    u, p_x, p_y = state
+    adj_u, adj_px, adj_py = adjoint
+    need_taps = "divergence" in learn
+    v, target, shift = _threshold(u, fields, scalars.step)
+    div = _divergence(p_x, p_y, stencils)
+    new_u = v + scalars.theta * div
+
+    grad_px, grad_py, extra_u, ratio_summand, dual_taps = _dual_vjp(
+        p_x, p_y, new_u, adj_px, adj_py, stencils, scalars.ratio, need_taps
+    )
+    total_u = adj_u + extra_u
+
+    # u' = v + θ div(p): the divergence's adjoint is a stencil on θ ∂/∂u'.
+    theta_u = scalars.theta * total_u
+    div_px, taps_x = _backward_difference_vjp(theta_u, p_x, _X, stencils.divergence_x, need_taps)
+    div_py, taps_y = _backward_difference_vjp(theta_u, p_y, _Y, stencils.divergence_y, need_taps)
+
+    # Thresholding: v = u + clip(t, -λθ, λθ) ∇F2 with t = -ρ / |∇F2|²; ties go to t, as in the
+    # gradients of tf.minimum / tf.maximum that tf.clip_by_value is made of.
+    grad_shift = _dot_components(total_u, fields.grad)
+    inside = tf.logical_and(target >= -scalars.step, target <= scalars.step)
+    grad_target = tf.where(inside, grad_shift, tf.zeros_like(grad_shift))
+    grad_rho = -grad_target * fields.inv_grad_sq
+    # Through 1 / |∇F2|²: ∂/∂∇F2 = -2 ∇F2 ∂/∂(1/g) / g², with ∂/∂(1/g) = -ρ ∂/∂t = t g ∂/∂t.
+    twice_grad_sq = -2.0 * grad_target * target * fields.inv_grad_sq
+    new_sums = dict(sums)
+    old = sums["fields"]
+    new_sums["fields"] = _FieldGrads(
+        old.grad + total_u * shift + grad_rho * u + twice_grad_sq * fields.grad,
+        old.constant + grad_rho,
+    )
+    # Everything reduced per iteration goes through one per-channel sum (see _sums_per_channel).
+    products = []
+    if need_taps:
+        products += [*dual_taps, *taps_x, *taps_y]
+    if "hyper" in learn:
+        clipped = tf.where(
+            target > scalars.step,
+            grad_shift,
+            tf.where(target < -scalars.step, -grad_shift, tf.zeros_like(grad_shift)),
         )
+        products += [total_u * div, clipped, ratio_summand]
+    if products:
+        new_sums["reduced"] = [
+            total + tap
+            for total, tap in zip(sums["reduced"], _sums_per_channel(products), strict=True)
+        ]
+    new_adjoint = (total_u + grad_rho * fields.grad, grad_px + div_px, grad_py + div_py)
+    return new_adjoint, new_sums
 
-    def body(u_x, u_y, p_xx, p_xy, p_yx, p_yy):
-        rho = constant + grad_x * u_x + grad_y * u_y
-        # The three cases of the thresholding step are one clip: -ρ/|∇F|² limited to ±λθ.
-        shift = tf.clip_by_value(-rho * inv_grad_sq, -step, step)
-        v_x = u_x + shift * grad_x
-        v_y = u_y + shift * grad_y
-        u_x = v_x + theta * divergence(p_xx, p_xy, divergence_x, divergence_y)
-        u_y = v_y + theta * divergence(p_yx, p_yy, divergence_x, divergence_y)
-        p_xx, p_xy = dual_step(p_xx, p_xy, u_x)
-        p_yx, p_yy = dual_step(p_yx, p_yy, u_y)
-        return u_x, u_y, p_xx, p_xy, p_yx, p_yy
 
-    zeros = tf.zeros_like(frame1)
-    outputs = tf.while_loop(lambda *_: True, body, (zeros,) * 6, maximum_iterations=num_iter)
-    return outputs[0], outputs[1]
+# === The iteration with its hand-written gradient ===
+
+
+def checkpoint_interval(num_iter: int) -> int:
+    """Iterations between stored states (⌈√num_iter⌉): memory and recomputation both O(√n).
+
+    >>> checkpoint_interval(20), checkpoint_interval(50)
+    (5, 8)
+    """
+    return max(1, math.ceil(math.sqrt(num_iter)))
+
+
+def _segments(num_iter: int, interval: int) -> tuple[int, int]:
+    """(length of the first segment, number of full segments after it)."""
+    full = (num_iter - 1) // interval
+    return num_iter - full * interval, full
+
+
+def _while(body, loop_vars, iterations):
+    """`iterations` (static) runs of `body`; a while loop whose trip count XLA sees as constant."""
+    return tf.while_loop(lambda *_: True, body, loop_vars, maximum_iterations=iterations)
+
+
+def _state_arrays(like, size):
+    """One TensorArray per state tensor (a stacked state would be copied on every write)."""
+    return tuple(
+        tf.TensorArray(like.dtype, size=size, element_shape=like.shape, clear_after_read=False)
+        for _ in range(_STATE_SIZE)
+    )
+
+
+def _write(arrays, index, state):
+    return tuple(array.write(index, value) for array, value in zip(arrays, state, strict=True))
+
+
+def _read(arrays, index):
+    return tuple(array.read(index) for array in arrays)
+
+
+def _zeros_state(frame):
+    return (tf.zeros_like(tf.stack([frame, frame])),) * _STATE_SIZE
+
+
+def _stencils(kernels):
+    return _Stencils(*(_taps(kernel) for kernel in kernels[2:]))
+
+
+def _scalars(theta, lambda_, tau):
+    return _Scalars(theta, lambda_ * theta, tau / theta)
+
+
+def _forward(frame1, frame2, kernels, theta, lambda_, tau, *, num_iter, interval):
+    """(u_x, u_y, *checkpoints): the state tensors entering each full segment, stacked."""
+    fields = _fields(frame1, frame2, kernels[0], kernels[1])
+    stencils = _stencils(kernels)
+    scalars = _scalars(theta, lambda_, tau)
+    first, full = _segments(num_iter, interval)
+    state = _loop(_zeros_state(frame1), first, fields, stencils, scalars)
+    if not full:
+        empty = tf.zeros([0, 2, 0, 0, 0, frame1.shape[-1]], frame1.dtype)
+        return (state[0][0], state[0][1], *(empty,) * _STATE_SIZE)
+
+    def segment(index, stored, state):
+        stored = _write(stored, index, state)
+        return index + 1, stored, _loop(state, interval, fields, stencils, scalars)
+
+    stored = _state_arrays(state[0], full)
+    _, stored, state = _while(segment, (tf.constant(0), stored, state), full)
+    return (state[0][0], state[0][1], *(array.stack() for array in stored))
+
+
+def _segment_vjp(start, length, adjoint, sums, fields, stencils, scalars, learn):
+    """Recomputes a segment's states from `start`, then walks them back in reverse."""
+    states = _write(_state_arrays(start[0], length), 0, start)
+
+    def recompute(index, states, state):
+        state = _step(state, fields, stencils, scalars)
+        return index + 1, _write(states, index, state), state
+
+    if length > 1:
+        states = _while(recompute, (tf.constant(1), states, start), length - 1)[1]
+
+    def reverse(index, state, adjoint, sums):
+        adjoint, sums = _step_vjp(state, adjoint, fields, stencils, scalars, learn, sums)
+        # The next state travels as a loop variable: XLA then materialises it once instead of
+        # fusing the TensorArray's dynamic slice into every consumer.
+        return index - 1, _read(states, tf.maximum(index - 1, 0)), adjoint, sums
+
+    last = tf.constant(length - 1)
+    loop_vars = (last, _read(states, last), adjoint, sums)
+    _, _, adjoint, sums = _while(reverse, loop_vars, length)
+    return adjoint, sums
+
+
+def _reduced_count(learn):
+    return 8 * ("divergence" in learn) + 3 * ("hyper" in learn)
+
+
+def _initial_sums(frame, channels, learn):
+    sums = {"fields": _FieldGrads(tf.zeros_like(tf.stack([frame, frame])), tf.zeros_like(frame))}
+    if _reduced_count(learn):
+        sums["reduced"] = [tf.zeros([channels], frame.dtype)] * _reduced_count(learn)
+    return sums
+
+
+def _backward(inputs, checkpoints, grad_ux, grad_uy, *, num_iter, interval, learn):
+    """Gradients of <grad_ux, u_x> + <grad_uy, u_y> w.r.t. all 11 inputs of the iteration."""
+    frame1, frame2, *kernels = inputs[:8]
+    theta, lambda_, tau = inputs[8:]
+    fields = _fields(frame1, frame2, kernels[0], kernels[1])
+    stencils = _stencils(kernels)
+    scalars = _scalars(theta, lambda_, tau)
+    channels = tf.shape(frame1)[3]
+    grad_u = tf.stack([grad_ux, grad_uy])
+    zeros = tf.zeros_like(grad_u)
+    adjoint = (grad_u, zeros, zeros)
+    sums = _initial_sums(frame1, channels, learn)
+    first, full = _segments(num_iter, interval)
+    run = functools.partial(
+        _segment_vjp, fields=fields, stencils=stencils, scalars=scalars, learn=learn
+    )
+    if full:
+
+        def segment(index, adjoint, sums):
+            start = tuple(checkpoint[index] for checkpoint in checkpoints)
+            adjoint, sums = run(start, interval, adjoint, sums)
+            return index - 1, adjoint, sums
+
+        _, adjoint, sums = _while(segment, (tf.constant(full - 1), adjoint, sums), full)
+    _, sums = run(_zeros_state(frame1), first, adjoint, sums)
+    return _input_gradients(inputs, fields, sums, learn)
+
+
+def _input_gradients(inputs, fields, sums, learn):
+    frame1, frame2, image_x, image_y, diff_x, diff_y, div_x, div_y, theta, lambda_, tau = inputs
+    field_grads = sums["fields"]
+    need_image = "sobel" in learn
+    frame2_x, image_x_grad = _image_gradient_vjp(field_grads.grad[0], frame2, image_x, need_image)
+    frame2_y, image_y_grad = _image_gradient_vjp(field_grads.grad[1], frame2, image_y, need_image)
+    frame2_grad = field_grads.constant + frame2_x + frame2_y
+    grads = [-field_grads.constant, frame2_grad, image_x_grad, image_y_grad]
+    reduced = list(sums.get("reduced", ()))
+    if "divergence" in learn:
+        taps, reduced = reduced[:8], reduced[8:]
+        grads += [
+            tf.reshape(tf.stack(taps[2 * k : 2 * k + 2]), kernel.shape)
+            for k, kernel in enumerate((diff_x, diff_y, div_x, div_y))
+        ]
+    else:
+        grads += [None] * 4
+    if "hyper" in learn:
+        theta_div, step, ratio = (tf.reduce_sum(total) for total in reduced)
+        # λθ and τ/θ: ∂/∂θ = Σ∂div + λ ∂(λθ) - τ/θ² ∂(τ/θ).
+        grads += [
+            theta_div + lambda_ * step - tau / (theta * theta) * ratio,
+            theta * step,
+            ratio / theta,
+        ]
+    else:
+        grads += [None] * 3
+    return [
+        tf.zeros_like(value) if grad is None else grad
+        for value, grad in zip(inputs, grads, strict=True)
+    ]
+
+
+_KERNEL_SLOTS = 6
+
+
+@contextlib.contextmanager
+def _grappler_options(jit_compile):
+    """Function calls made inside are optimised without grappler's memory optimizer.
+
+    Outside XLA, grappler's memory optimizer rewrites AddN nodes (which its arithmetic
+    optimizer makes of our sums) into TemporaryVariable accumulators once the graph's estimated
+    memory passes 80% of the device limit (256 MB on a CPU); inside while loops they collide
+    between iterations ("AlreadyExistsError ... TemporaryVariable ... iter:N"). The call ops
+    created here carry a config with that optimizer off; the rest of the caller's graph keeps its
+    own. (The thread-local function-call options are the only handle TensorFlow offers.)
+    """
+    if jit_compile:
+        yield
+        return
+    ctx = context.context()
+    saved = ctx.function_call_options
+    config = config_pb2.ConfigProto()
+    config.ParseFromString(saved.config_proto_serialized)
+    rewrite = config.graph_options.rewrite_options
+    rewrite.memory_optimization = rewriter_config_pb2.RewriterConfig.NO_MEM_OPT
+    ctx.function_call_options = context.FunctionCallOptions(
+        executor_type=saved.executor_type, config_proto=config
+    )
+    try:
+        yield
+    finally:
+        ctx.function_call_options = saved
+
+
+TRACE_COUNTS: collections.Counter = collections.Counter()
 
 
 @functools.cache
-def _compiled_iteration(num_iter: int):
-    """The iteration as an op whose forward and backward are each one XLA-compiled function.
+def _iteration_op(num_iter, interval, learn, jit_compile, dtype, channels, kernel_shapes):
+    """The iteration as a differentiable op: a forward and a hand-written backward function.
 
-    Why not a plain while loop: outside XLA, TensorFlow's grappler memory optimizer rewrites the
-    AddN nodes of a while loop's gradient into TemporaryVariable accumulators once the graph's
-    estimated memory exceeds 80% of the device's memory limit (256 MB for a CPU), and those
-    collide between loop iterations ("AlreadyExistsError ... TemporaryVariable ... iter:N") in
-    any realistic model.fit. Inside XLA the gradient loop never reaches grappler. The backward
-    recomputes the forward under a tape (the loop's intermediates stay inside XLA), so the
-    gradient is the exact gradient of the same loop, at the cost of one more forward pass.
+    One pair of tf.functions per configuration, each traced once for any batch / frame size
+    (the signature leaves N, H, W unknown; XLA still compiles per concrete shape).
     """
+    frames = tf.TensorSpec([None, None, None, channels], dtype)
+    scalar = tf.TensorSpec([], dtype)
+    signature = [
+        frames,
+        frames,
+        *(tf.TensorSpec(shape, dtype) for shape in kernel_shapes),
+        scalar,
+        scalar,
+        scalar,
+    ]
 
-    def forward(frame1, frame2, kernels, theta, lambda_, tau):
-        return _iterate(frame1, frame2, kernels, theta, lambda_, tau, num_iter)
-
-    compiled_forward = tf.function(forward, jit_compile=True, autograph=False)
-
-    @tf.function(jit_compile=True, autograph=False)
-    def compiled_backward(inputs, output_gradients):
-        with tf.GradientTape() as tape:
-            tape.watch(inputs)
-            outputs = forward(inputs[0], inputs[1], inputs[2:8], *inputs[8:])
-        return tape.gradient(
-            outputs, inputs, output_gradients=output_gradients, unconnected_gradients="zero"
+    def forward(frame1, frame2, *rest):
+        TRACE_COUNTS["forward"] += 1
+        kernels = rest[:_KERNEL_SLOTS]
+        return _forward(
+            frame1, frame2, kernels, *rest[_KERNEL_SLOTS:], num_iter=num_iter, interval=interval
         )
+
+    def backward(*args):
+        TRACE_COUNTS["backward"] += 1
+        inputs, checkpoints = args[:11], args[11 : 11 + _STATE_SIZE]
+        grad_ux, grad_uy = args[11 + _STATE_SIZE :]
+        return _backward(
+            inputs,
+            checkpoints,
+            grad_ux,
+            grad_uy,
+            num_iter=num_iter,
+            interval=interval,
+            learn=learn,
+        )
+
+    # Outside XLA each function stays a separate call (not inlined into the caller's graph) so
+    # that it is optimised with _GRAPPLER_CONFIG, whatever the caller's graph is.
+    attributes = None if jit_compile else {"_noinline": True}
+    forward_fn = tf.function(
+        forward,
+        input_signature=signature,
+        jit_compile=jit_compile,
+        autograph=False,
+        experimental_attributes=attributes,
+    )
+    backward_fn = tf.function(
+        backward,
+        experimental_attributes=attributes,
+        input_signature=[
+            *signature,
+            *(tf.TensorSpec([None, 2, None, None, None, channels], dtype),) * _STATE_SIZE,
+            frames,
+            frames,
+        ],
+        jit_compile=jit_compile,
+        autograph=False,
+    )
 
     @tf.custom_gradient
     def iteration(*inputs):
-        # The gradient comes from `gradient` below; a tape recording the compiled forward would
-        # ask XLA for the loop's TensorList accumulators, which cannot leave an XLA function.
         held = [tf.stop_gradient(value) for value in inputs]
-        outputs = compiled_forward(held[0], held[1], held[2:8], *held[8:])
+        with _grappler_options(jit_compile):
+            u_x, u_y, *checkpoints = forward_fn(*held)
 
-        def gradient(grad_x, grad_y):
-            return compiled_backward(list(inputs), [grad_x, grad_y])
+        def gradient(grad_ux, grad_uy):
+            with _grappler_options(jit_compile):
+                return backward_fn(*held, *checkpoints, grad_ux, grad_uy)
 
-        return outputs, gradient
+        return (u_x, u_y), gradient
 
     return iteration
 
@@ -195,12 +698,46 @@ def tvl1_iterate(
     lambda_: tf.Tensor,
     tau: tf.Tensor,
     num_iter: int,
+    learn: Iterable[str] = LEARNABLE_GROUPS,
+    jit_compile: bool = True,
+    checkpoint_every: int | None = None,
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """Runs Algorithm 1 with explicit (possibly learnable) kernels and θ, λ, τ; float32 throughout.
+    """Runs Algorithm 1 with explicit (possibly learnable) kernels and θ, λ, τ.
 
-    All iterations are one `tf.while_loop` op (inside an XLA-compiled function), so the graph
-    size does not depend on `num_iter`. Returns (u_x, u_y), each shaped like `frame1`.
+    Computes in float64 when `frame1` is float64, else in float32. Returns (u_x, u_y), each
+    shaped like `frame1`. The graph size does not depend on `num_iter` (static while loops).
+
+    Gradient: a hand-written reverse-mode pass, never autodiff through the loop. The forward
+    stores the state (u, p: 6 tensors the size of a frame batch) every `checkpoint_every`
+    iterations (default ⌈√num_iter⌉); the backward walks the segments in reverse, recomputes
+    each segment's states from its checkpoint and applies every iteration's hand-derived VJP.
+    Memory: about 6 (num_iter / k + k) frame-batch tensors for interval k; compute: one more
+    forward. Gradients reach only the groups in `learn` (a subset of LEARNABLE_GROUPS; the
+    others get zeros and cost nothing) and always both frames.
+
+    `jit_compile` runs the forward and backward as XLA-compiled functions (fastest on CPU and
+    GPU); with False they are plain graph functions (no must-compile function anywhere).
+
+    >>> import numpy as np
+    >>> kx, ky = image_gradient_kernels("sobel", 1)
+    >>> dx, dy = difference_kernels(1)
+    >>> f1 = np.random.default_rng(0).uniform(0, 255, (1, 8, 8, 1)).astype("float32")
+    >>> u_x, u_y = tvl1_iterate(f1, np.roll(f1, 1, axis=2), image_kernels=(kx, ky),
+    ...     difference_kernels=(dx, dy), divergence_kernels=(dx, dy), theta=0.3,
+    ...     lambda_=0.15, tau=0.25, num_iter=5)
+    >>> u_x.shape
+    TensorShape([1, 8, 8, 1])
     """
+    validate_num_iter(num_iter)
+    learn = validate_learn(learn)
+    interval = checkpoint_interval(num_iter) if checkpoint_every is None else checkpoint_every
+    if isinstance(interval, bool) or not isinstance(interval, (int, np.integer)) or interval < 1:
+        raise ValueError(
+            "`checkpoint_every` must be a positive integer or None. "
+            f"Received: checkpoint_every={checkpoint_every!r}"
+        )
+    frame1 = tf.convert_to_tensor(frame1)
+    dtype = tf.float64 if frame1.dtype == tf.float64 else tf.float32
     inputs = [
         frame1,
         frame2,
@@ -211,8 +748,13 @@ def tvl1_iterate(
         lambda_,
         tau,
     ]
-    inputs = [tf.cast(value, tf.float32) for value in inputs]
-    return _compiled_iteration(int(num_iter))(*inputs)
+    inputs = [tf.cast(value, dtype) for value in inputs]
+    channels = inputs[0].shape[-1]
+    kernel_shapes = tuple(tuple(kernel.shape.as_list()) for kernel in inputs[2:8])
+    op = _iteration_op(
+        int(num_iter), int(interval), learn, bool(jit_compile), dtype, channels, kernel_shapes
+    )
+    return op(*inputs)
 
 
 def validate_num_iter(num_iter) -> None:

@@ -13,6 +13,7 @@ import reference_flow
 import tensorflow as tf
 
 from repflow_tf import ops
+from repflow_tf.benchmarks import references
 
 GRADIENTS = ("sobel", "central")
 
@@ -192,22 +193,44 @@ def test_real_motion_epe_table(real_motion):
 # === One loop op ===
 
 
-def _graph_stats(num_iter):
-    fn = tf.function(lambda a, b: ops.tvl1_flow(a, b, num_iter=num_iter))
-    spec = tf.TensorSpec((1, 8, 8, 2), tf.float32)
-    graph_def = fn.get_concrete_function(spec, spec).graph.as_graph_def()
-    total = len(graph_def.node) + sum(len(f.node_def) for f in graph_def.library.function)
-    # The loop sits inside the XLA-compiled forward function, i.e. in the function library.
+def _graph_stats(num_iter, jit_compile):
+    """(ops in the forward + gradient graph incl. nested functions, while loops in it)."""
+    channels = 2
+    kx, ky = ops.image_gradient_kernels("sobel", channels)
+    dx, dy = ops.difference_kernels(channels)
+
+    def loss_and_gradient(a, b):
+        with tf.GradientTape() as tape:
+            tape.watch([a, b])
+            u_x, u_y = ops.tvl1_iterate(
+                a,
+                b,
+                image_kernels=(kx, ky),
+                difference_kernels=(dx, dy),
+                divergence_kernels=(dx, dy),
+                theta=0.3,
+                lambda_=0.15,
+                tau=0.25,
+                num_iter=num_iter,
+                jit_compile=jit_compile,
+            )
+            loss = tf.reduce_sum(u_x) + tf.reduce_sum(u_y)
+        return tape.gradient(loss, [a, b])
+
+    spec = tf.TensorSpec((1, 8, 8, channels), tf.float32)
+    graph = tf.function(loss_and_gradient).get_concrete_function(spec, spec).graph
+    graph_def = graph.as_graph_def()
     nodes = [*graph_def.node, *(n for f in graph_def.library.function for n in f.node_def)]
-    loops = [n.op for n in nodes if n.op in ("While", "StatelessWhile")]
-    return total, loops
+    return len(nodes), [n.op for n in nodes if n.op in ("While", "StatelessWhile")]
 
 
-def test_iterations_are_one_loop_op():
-    total_5, loops_5 = _graph_stats(5)
-    total_50, loops_50 = _graph_stats(50)
+@pytest.mark.parametrize("jit_compile", [True, False])
+def test_graph_size_does_not_depend_on_num_iter(jit_compile):
+    """Static while loops (forward, segment recomputation, reverse pass), never unrolled."""
+    total_5, loops_5 = _graph_stats(5, jit_compile)
+    total_50, loops_50 = _graph_stats(50, jit_compile)
     assert total_5 == total_50
-    assert len(loops_5) == 1 and len(loops_50) == 1
+    assert loops_5 == loops_50 and len(loops_5) >= 2
 
 
 # === Bad input ===
@@ -381,3 +404,194 @@ def test_iterate_gradients_match_finite_differences(mode):
             ends.append(float(loss_fn(moved, fixed, weights)))
         numeric32 = (ends[0] - ends[1]) / (2 * h32)
         np.testing.assert_allclose(analytic, numeric32, rtol=5e-3, err_msg=name)
+
+
+# === The hand-written gradient against autodiff of the plain loop ===
+
+_ALL_INPUTS = (
+    "frame1",
+    "frame2",
+    "image_x",
+    "image_y",
+    "difference_x",
+    "difference_y",
+    "divergence_x",
+    "divergence_y",
+    "theta",
+    "lambda_",
+    "tau",
+)
+
+
+def _hard_inputs(shape=(2, 9, 11, 3), seed=21):
+    """float64 inputs on which every case of the thresholding step occurs, plus flat regions.
+
+    Random frames give large |rho| (clipped, both signs); a region where F2 = F1 + a small ramp
+    gives |rho| < lambda theta |grad F2|^2 (the interior case); a region where both frames are
+    constant has grad F2 = 0 (g = 1e-12). All kernels are perturbed away from their defaults.
+    """
+    rng = np.random.default_rng(seed)
+    f1 = rng.uniform(0.0, 255.0, shape)
+    f2 = rng.uniform(0.0, 255.0, shape)
+    ramp = np.linspace(0.0, 40.0, shape[2])[None, None, :, None]
+    f2[:, 4:, :6] = f1[:, 4:, :6] = (
+        50.0 + ramp[:, :, :6] + 3.0 * np.arange(shape[1] - 4)[None, :, None, None]
+    )
+    f2[:, 4:, :6] += 0.05
+    f1[:, :3, -4:] = f2[:, :3, -4:] = 17.0
+    channels = shape[-1]
+    kx, ky = ops.image_gradient_kernels("sobel", channels)
+    dx, dy = ops.difference_kernels(channels)
+
+    def jitter(kernel):
+        return kernel * rng.uniform(0.8, 1.2, kernel.shape)
+
+    # The image kernels are scaled, not jittered: their taps must still sum to 0 so that a
+    # constant region has a zero image gradient.
+    values = [f1, f2, 1.1 * kx, 0.9 * ky, *(jitter(k) for k in (dx, dy, dx, dy)), 0.3, 0.15, 0.25]
+    return [tf.constant(np.asarray(v, np.float64)) for v in values]
+
+
+def _iterate(fn, inputs, num_iter, **kwargs):
+    return fn(
+        inputs[0],
+        inputs[1],
+        image_kernels=inputs[2:4],
+        difference_kernels=inputs[4:6],
+        divergence_kernels=inputs[6:8],
+        theta=inputs[8],
+        lambda_=inputs[9],
+        tau=inputs[10],
+        num_iter=num_iter,
+        **kwargs,
+    )
+
+
+def _gradients(fn, inputs, weights, num_iter, **kwargs):
+    with tf.GradientTape() as tape:
+        tape.watch(inputs)
+        u_x, u_y = _iterate(fn, inputs, num_iter, **kwargs)
+        loss = tf.reduce_sum(weights[0] * u_x) + tf.reduce_sum(weights[1] * u_y)
+    return tape.gradient(loss, inputs, unconnected_gradients="zero")
+
+
+def test_hard_inputs_hit_every_threshold_case_and_a_flat_region():
+    inputs = _hard_inputs()
+    fields = ops._fields(*inputs[:4])
+    state = ops._zeros_state(inputs[0])
+    stencils = ops._stencils(inputs[2:8])
+    scalars = ops._scalars(*inputs[8:])
+    step = float(scalars.step)
+    counts = np.zeros(3, int)  # below -lt, inside, above +lt
+    for _ in range(6):
+        _, target, _ = ops._threshold(state[0], fields, scalars.step)
+        target = target.numpy()
+        counts += [np.sum(target < -step), np.sum(np.abs(target) < step), np.sum(target > step)]
+        state = ops._step(state, fields, stencils, scalars)
+    assert np.all(counts > 10), counts
+    assert np.any(fields.inv_grad_sq.numpy() > 1e11)  # |grad F2| = 0 somewhere
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+@pytest.mark.parametrize(
+    "num_iter, checkpoint_every", [(1, None), (7, None), (7, 1), (7, 3), (20, None), (20, 20)]
+)
+def test_gradient_equals_autodiff_of_the_plain_loop(num_iter, checkpoint_every, jit_compile):
+    """float64: w.r.t. both frames, all six kernels and theta, lambda, tau, to 1e-6 relative."""
+    inputs = _hard_inputs()
+    weights = tf.constant(np.random.default_rng(3).normal(size=(2, *inputs[0].shape)))
+    ours = _gradients(
+        ops.tvl1_iterate,
+        inputs,
+        weights,
+        num_iter,
+        jit_compile=jit_compile,
+        checkpoint_every=checkpoint_every,
+    )
+    reference = _gradients(references.autodiff_iterate, inputs, weights, num_iter)
+    for name, got, want in zip(_ALL_INPUTS, ours, reference, strict=True):
+        want = want.numpy()
+        if num_iter > 1:  # with one iteration p stays 0: no gradient reaches ∇u's kernels, τ
+            assert np.max(np.abs(want)) > 0, name
+        error = np.max(np.abs(got.numpy() - want)) / max(np.max(np.abs(want)), 1e-300)
+        assert error < 1e-6, f"{name}: relative error {error:.2e}"
+
+
+def test_frozen_groups_get_zero_gradients_and_the_others_are_unchanged():
+    inputs = _hard_inputs()
+    weights = tf.constant(np.random.default_rng(4).normal(size=(2, *inputs[0].shape)))
+    full = _gradients(ops.tvl1_iterate, inputs, weights, 5)
+    groups = {"sobel": (2, 3), "divergence": (4, 5, 6, 7), "hyper": (8, 9, 10)}
+    for learn in [(), ("sobel",), ("divergence",), ("hyper",), ("divergence", "hyper")]:
+        grads = _gradients(ops.tvl1_iterate, inputs, weights, 5, learn=learn)
+        frozen = {i for group, slots in groups.items() if group not in learn for i in slots}
+        for i, (got, want) in enumerate(zip(grads, full, strict=True)):
+            if i in frozen:
+                assert not np.any(got.numpy()), (learn, _ALL_INPUTS[i])
+            else:
+                np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-9, atol=1e-12)
+
+
+def test_traced_once_for_any_batch_and_frame_size():
+    """One trace of the forward and backward functions, whatever the static shapes."""
+    channels = 5
+    kx, ky = ops.image_gradient_kernels("central", channels)
+    dx, dy = ops.difference_kernels(channels)
+    before = dict(ops.TRACE_COUNTS)
+    for shape in [(1, 6, 7, channels), (3, 6, 7, channels), (2, 9, 4, channels)]:
+        frames = tf.constant(np.random.default_rng(0).uniform(0, 255, shape), tf.float32)
+        with tf.GradientTape() as tape:
+            tape.watch(frames)
+            u_x, _ = ops.tvl1_iterate(
+                frames,
+                frames[::-1],
+                image_kernels=(kx, ky),
+                difference_kernels=(dx, dy),
+                divergence_kernels=(dx, dy),
+                theta=0.3,
+                lambda_=0.15,
+                tau=0.25,
+                num_iter=11,
+            )
+        assert tape.gradient(u_x, frames).shape == shape
+    traced = {key: ops.TRACE_COUNTS[key] - before.get(key, 0) for key in ("forward", "backward")}
+    assert traced == {"forward": 1, "backward": 1}
+
+
+@pytest.mark.parametrize("checkpoint_every", [0, -2, 2.5, True])
+def test_bad_checkpoint_every(checkpoint_every):
+    with pytest.raises(ValueError, match=rf"checkpoint_every.*{checkpoint_every!r}"):
+        _iterate(ops.tvl1_iterate, _hard_inputs(), 3, checkpoint_every=checkpoint_every)
+
+
+def test_plain_graph_calls_run_without_grappler_memory_optimizer():
+    """Outside XLA the iteration's function calls carry a config with the memory optimizer off.
+
+    Grappler's memory optimizer turns AddN nodes inside while loops into TemporaryVariable
+    accumulators that collide between iterations (seen on this layer's own loops before they
+    were restructured); the call ops are the only place that config can be scoped to.
+    """
+    from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
+
+    inputs = [tf.cast(v, tf.float32) for v in _hard_inputs()]
+    spec = tf.TensorSpec(inputs[0].shape, tf.float32)
+
+    def loss_and_gradient(a):
+        with tf.GradientTape() as tape:
+            tape.watch(a)
+            u_x, _ = _iterate(ops.tvl1_iterate, [a, *inputs[1:]], 4, jit_compile=False)
+        return tape.gradient(u_x, a)
+
+    graph = tf.function(loss_and_gradient).get_concrete_function(spec).graph
+    calls = [
+        op
+        for op in graph.get_operations()
+        if op.type in ("PartitionedCall", "StatefulPartitionedCall")
+    ]
+    configs = []
+    for op in calls:
+        config = config_pb2.ConfigProto()
+        config.ParseFromString(op.get_attr("config_proto"))
+        configs.append(config.graph_options.rewrite_options.memory_optimization)
+    assert len(calls) >= 2  # forward and backward
+    assert all(c == rewriter_config_pb2.RewriterConfig.NO_MEM_OPT for c in configs), configs

@@ -1,0 +1,1 @@
+"""Benchmark logic and the reference implementations the benchmarks and tests compare against."""
