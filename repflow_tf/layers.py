@@ -34,7 +34,7 @@ def _validate_hyperparameter(name: str, value) -> float:
 
 
 def _validate_jit_compile(jit_compile) -> bool | str:
-    if not any(jit_compile is choice or jit_compile == choice for choice in JIT_CHOICES):
+    if not (isinstance(jit_compile, bool) or jit_compile == "auto"):
         raise ValueError(
             f"`jit_compile` must be True, False or 'auto'. Received: jit_compile={jit_compile!r}"
         )

@@ -579,19 +579,20 @@ _KERNEL_SLOTS = 6
 
 
 @contextlib.contextmanager
-def _grappler_options(jit_compile):
-    """Function calls made inside are optimised without grappler's memory optimizer.
+def without_grappler_memory_optimizer():
+    """Function calls created inside are optimised without grappler's memory optimizer.
 
-    Outside XLA, grappler's memory optimizer rewrites AddN nodes (which its arithmetic
-    optimizer makes of our sums) into TemporaryVariable accumulators once the graph's estimated
-    memory passes 80% of the device limit (256 MB on a CPU); inside while loops they collide
-    between iterations ("AlreadyExistsError ... TemporaryVariable ... iter:N"). The call ops
-    created here carry a config with that optimizer off; the rest of the caller's graph keeps its
-    own. (The thread-local function-call options are the only handle TensorFlow offers.)
+    Outside XLA, grappler's memory optimizer rewrites AddN nodes (autodiff's gradient sums, and
+    the sums its arithmetic optimizer makes of chains of adds) into TemporaryVariable
+    accumulators once a graph's estimated memory passes 80% of the device limit (256 MB on a
+    CPU); inside while loops they collide between iterations ("AlreadyExistsError ...
+    TemporaryVariable ... iter:N"). The call ops (tf.function calls, eager or traced) created
+    here carry a config with that optimizer off; the caller's own graph keeps its config. The
+    thread-local function-call options are the only handle TensorFlow offers for this.
+
+    >>> with without_grappler_memory_optimizer():
+    ...     y = tf.function(lambda x: x + 1)(tf.constant(1.0))
     """
-    if jit_compile:
-        yield
-        return
     ctx = context.context()
     saved = ctx.function_call_options
     config = config_pb2.ConfigProto()
@@ -605,6 +606,11 @@ def _grappler_options(jit_compile):
         yield
     finally:
         ctx.function_call_options = saved
+
+
+def _grappler_options(jit_compile):
+    # XLA functions never reach grappler's memory optimizer.
+    return contextlib.nullcontext() if jit_compile else without_grappler_memory_optimizer()
 
 
 TRACE_COUNTS: collections.Counter = collections.Counter()

@@ -7,6 +7,7 @@ tf.function / XLA, under mixed precision, MirroredStrategy and model.fit.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import re
 
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from repflow_tf.benchmarks import references
 from repflow_tf.layers import FlowBlock, RepresentationFlow, flow_stack, normalize_per_channel
 
 ALL_GROUPS = ("sobel", "divergence", "hyper")
@@ -183,18 +185,19 @@ def test_gradients_agree_in_eager_tf_function_and_xla():
             assert rel_diff(grad, expected) < 1e-4, jit_compile
 
 
-def test_model_fit_two_steps_in_graph_mode_updates_flow_parameters():
-    # Exercises the while loop's gradient under grappler (tf.function, no XLA), the path where
-    # TF 2.21's ArithmeticOptimizer has been seen to break while-loop gradients.
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_model_fit_two_steps_updates_flow_parameters(jit_compile):
+    # jit_compile=False: the layer's plain-graph forward and backward inside an un-compiled
+    # train step; True: the layer is XLA, and so is the whole train step.
     inputs = keras.Input((3, 6, 7, 3))
-    block = FlowBlock(channels_reduced=2, num_iter=2, learn=ALL_GROUPS)
+    block = FlowBlock(channels_reduced=2, num_iter=2, learn=ALL_GROUPS, jit_compile=jit_compile)
     features = block(inputs)
-    flow = RepresentationFlow(num_iter=2, learn=ALL_GROUPS)(features)
+    flow = RepresentationFlow(num_iter=2, learn=ALL_GROUPS, jit_compile=jit_compile)(features)
     # Flatten, not global pooling: the spatial mean of div(p) telescopes to 0, so with 2
     # iterations a pooled loss has an exactly zero gradient for some flow parameters.
     outputs = keras.layers.Dense(1)(keras.layers.Flatten()(flow))
     model = keras.Model(inputs, outputs)
-    model.compile(keras.optimizers.SGD(0.1), "mse", jit_compile=False)
+    model.compile(keras.optimizers.SGD(0.1), "mse", jit_compile=jit_compile)
     # The block starts as the identity (BN gamma = 0), which blocks the gradient to its flow
     # parameters in the first step; open it so that both steps train them.
     block.norm.gamma.assign(tf.ones_like(block.norm.gamma))
@@ -278,6 +281,101 @@ def test_mixed_precision_matches_float32(policy, dtype, reset_policy):
     block_out = FlowBlock(channels_reduced=2, num_iter=2)(tf.abs(x))
     assert block_out.dtype == dtype
     assert np.all(np.isfinite(tf.cast(block_out, tf.float32).numpy()))
+
+
+def _realistic_fit(plain_autodiff):
+    """model.fit of a FlowBlock at the paper's feature-map size, layer XLA off.
+
+    At this size grappler's memory optimizer (estimated memory > 80% of the 256 MB it assumes
+    for a CPU) rewrites the AddN nodes of an autodiffed while loop's gradient into
+    TemporaryVariables, which collide between iterations.
+    """
+    with references.autodiff_layers() if plain_autodiff else contextlib.nullcontext():
+        return _fit_flow_block()
+
+
+def _fit_flow_block():
+    inputs = keras.Input((16, 28, 28, 24))
+    features = FlowBlock(channels_reduced=24, num_iter=3, jit_compile=False)(inputs)
+    logits = keras.layers.Dense(4)(keras.layers.GlobalAveragePooling3D()(features))
+    model = keras.Model(inputs, logits)
+    model.compile(
+        keras.optimizers.SGD(0.01),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=False,
+    )
+    rng = np.random.default_rng(0)
+    clips = rng.uniform(0, 1, (4, 16, 28, 28, 24)).astype("float32")
+    return model.fit(clips, rng.integers(0, 4, 4), batch_size=2, epochs=1, verbose=0)
+
+
+def test_realistic_fit_with_autodiff_through_the_loop_fails_under_grappler():
+    """The failure the hand-written gradient exists for, reproduced (expected to fail)."""
+    with pytest.raises(tf.errors.AlreadyExistsError, match="TemporaryVariable"):
+        _realistic_fit(plain_autodiff=True)
+
+
+def test_realistic_fit_with_the_hand_written_gradient_and_xla_off_passes():
+    history = _realistic_fit(plain_autodiff=False)
+    assert np.all(np.isfinite(history.history["loss"]))
+
+
+def test_saved_model_without_xla_holds_no_must_compile_function(tmp_path):
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    def must_compile_functions(jit_compile):
+        inputs = keras.Input((3, 6, 7, 2))
+        model = keras.Model(inputs, RepresentationFlow(num_iter=3, jit_compile=jit_compile)(inputs))
+        path = str(tmp_path / f"jit_{jit_compile}")
+        tf.saved_model.save(
+            model,
+            path,
+            signatures=tf.function(model.call).get_concrete_function(
+                tf.TensorSpec([None, None, 6, 7, 2], tf.float32)
+            ),
+        )
+        saved = saved_model_pb2.SavedModel()
+        with open(f"{path}/saved_model.pb", "rb") as file:
+            saved.ParseFromString(file.read())
+        library = saved.meta_graphs[0].graph_def.library.function
+        flagged = [f.signature.name for f in library if f.attr["_XlaMustCompile"].b]
+        loaded = tf.saved_model.load(path)
+        clips = tf.constant(moving_clips((2, 3, 6, 7, 2), seed=30))
+        out = loaded.signatures["serving_default"](clips)
+        assert rel_diff(list(out.values())[0], model(clips)) < 1e-5
+        return flagged
+
+    assert must_compile_functions(jit_compile=True)  # the check can see them
+    assert must_compile_functions(jit_compile=False) == []
+
+
+def test_whole_train_step_compiled_matches_uncompiled():
+    clips = tf.constant(moving_clips((2, 4, 6, 7, 2), seed=31))
+    weights = tf.constant(np.random.default_rng(6).normal(size=(2, 3, 6, 7, 4)), tf.float32)
+    layer = RepresentationFlow(num_iter=4, learn=ALL_GROUPS, jit_compile=False)
+    layer(clips)
+
+    def step(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(layer(x) * weights)
+        return tape.gradient(loss, [x, *layer.trainable_variables])
+
+    expected = step(clips)
+    compiled = tf.function(step, jit_compile=True)(clips)
+    for got, want in zip(compiled, expected, strict=True):
+        assert rel_diff(got, want) < 1e-4
+
+
+def test_input_spec_refuses_other_channel_counts():
+    layer = RepresentationFlow(num_iter=2)
+    layer(tf.zeros((1, 3, 6, 7, 1)))
+    with pytest.raises(ValueError, match=r"expected axis -1.*value 1.*shape \(1, 3, 6, 7, 3\)"):
+        layer(tf.zeros((1, 3, 6, 7, 3)))
+    block = FlowBlock(channels_reduced=2, num_iter=2)
+    block(tf.zeros((1, 3, 6, 7, 4)))
+    with pytest.raises(ValueError, match=r"expected axis -1.*value 4"):
+        block(tf.zeros((1, 3, 6, 7, 5)))
 
 
 def test_unknown_batch_and_time_in_tf_function_and_functional_model():
@@ -506,6 +604,8 @@ def test_static_time_one_in_functional_model_raises():
         {"theta": -0.3},
         {"lambda_": 0},
         {"tau": -1.0},
+        {"jit_compile": "yes"},
+        {"jit_compile": 1},
     ],
 )
 def test_bad_arguments_raise(kwargs):

@@ -1,0 +1,360 @@
+"""The flow layer's speed and memory: ours against autodiff of the plain loop, in one run.
+
+Cells (each timed forward and forward + backward, gradients w.r.t. the input and every
+trainable variable; median of `repeats` timed calls after one warm-up call):
+
+* ``flow_block``: `FlowBlock(channels_reduced=32)` on the paper's (2, 16, 28, 28, 32) feature
+  map, 20 iterations, learn=("divergence", "hyper");
+* ``rgb224``: `RepresentationFlow` on a (1, 8, 224, 224, 3) RGB clip, same settings;
+* ``resnet18``: one `train_on_batch` of a 2D ResNet-18 (base width 32) on 4 clips x 8 frames x
+  112 x 112, SGD: RGB only, and with a learned flow block after block 1 (28 x 28);
+* ``memory50``: peak memory of the flow block at 50 iterations, forward and forward + backward,
+  each in a fresh process.
+
+Implementations: ``ours`` (the hand-written gradient, XLA-compiled), ``ours_graph`` (the same,
+``jit_compile=False``), ``autodiff_graph`` (TensorFlow's autodiff through the plain while loop,
+`references.autodiff_iterate`, in `tf.function` without XLA; grappler's memory optimizer is off
+for it, since with it on the fit crashes, see DESIGN.md) and ``autodiff_xla`` (the same loop,
+autodiff inside one XLA function).
+
+Peak memory: with a GPU, TensorFlow's allocator peak; on a CPU, the process's resident-set
+high-water mark during the timed calls (reset through /proc/self/clear_refs after the warm-up)
+minus the resident set before the cell built its model and input.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from repflow_tf import ops
+from repflow_tf.benchmarks import references
+from repflow_tf.config import ModelConfig
+from repflow_tf.layers import FlowBlock, RepresentationFlow
+
+IMPLS = ("ours", "ours_graph", "autodiff_graph", "autodiff_xla")
+CASES = ("flow_block", "rgb224", "resnet18", "memory50")
+_LEARN = ("divergence", "hyper")
+_RESULT_PREFIX = "BENCHMARK_CELL_RESULT "
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """What one benchmark run measures (the defaults are the issue's shapes)."""
+
+    cases: tuple[str, ...] = CASES
+    impls: tuple[str, ...] = IMPLS
+    repeats: int = 5
+    cell_seconds: float = 60.0
+    num_iter: int = 20
+    memory_iterations: int = 50
+    seed: int = 0
+
+
+# === Cells ===
+
+
+def _moving_features(shape, seed):
+    """Smooth random content moving one pixel right per frame, scaled like features."""
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(0.0, 1.0, (shape[0], *shape[2:])).astype("float32")
+    return tf.constant(np.stack([np.roll(base, t, axis=2) for t in range(shape[1])], axis=1))
+
+
+def _flow_layer(case: str, impl: str, num_iter: int) -> keras.Layer:
+    jit_compile = impl != "ours_graph"
+    if case == "rgb224":
+        return RepresentationFlow(num_iter=num_iter, learn=_LEARN, jit_compile=jit_compile)
+    return FlowBlock(channels_reduced=32, num_iter=num_iter, learn=_LEARN, jit_compile=jit_compile)
+
+
+def _layer_steps(case, impl, num_iter, seed):
+    """(forward, forward + backward) callables on the case's input."""
+    shape = (1, 8, 224, 224, 3) if case == "rgb224" else (2, 16, 28, 28, 32)
+    x = _moving_features(shape, seed) * (255.0 if case == "rgb224" else 1.0)
+    layer = _flow_layer(case, impl, num_iter)
+    layer(x)
+    if isinstance(layer, FlowBlock):
+        # Open the identity-initialised block so the gradient reaches the flow parameters.
+        layer.norm.gamma.assign(tf.ones_like(layer.norm.gamma))
+
+    def forward():
+        return layer(x, training=True) if isinstance(layer, FlowBlock) else layer(x)
+
+    def backward():
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_mean(tf.square(forward()))
+        return tape.gradient(loss, [x, *layer.trainable_variables])
+
+    jit = impl == "autodiff_xla"
+    return tf.function(forward, jit_compile=jit), tf.function(backward, jit_compile=jit)
+
+
+def _resnet_step(flow: bool, seed: int):
+    config = ModelConfig(
+        kind="2d",
+        depth=18,
+        num_classes=8,
+        base_width=32,
+        flow_position="block1" if flow else "none",
+        flow_iterations=20,
+        flow_learn=_LEARN,
+        num_frames=8,
+        image_size=112,
+    )
+    from repflow_tf import models  # models import data pipelines: only when this cell runs
+
+    model = models.build(config)
+    model.compile(
+        keras.optimizers.SGD(0.01),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=False,
+    )
+    rng = np.random.default_rng(seed)
+    clips = rng.uniform(0.0, 255.0, (4, 8, 112, 112, 3)).astype("float32")
+    labels = rng.integers(0, 8, 4)
+    return lambda: model.train_on_batch(clips, labels)
+
+
+def _block(result):
+    for tensor in tf.nest.flatten(result):
+        if hasattr(tensor, "numpy"):
+            tensor.numpy()
+
+
+class MemoryMeter:
+    """Peak memory of the timed calls of one cell (see the module docstring)."""
+
+    def __init__(self):
+        self.gpu = bool(tf.config.list_logical_devices("GPU"))
+        self.rss_before = _status_kb("VmRSS")
+
+    def reset(self):
+        if self.gpu:
+            tf.config.experimental.reset_memory_stats("GPU:0")
+            return
+        try:
+            with open("/proc/self/clear_refs", "w") as clear_refs:
+                clear_refs.write("5")  # VmHWM := the current RSS
+        except OSError:
+            pass
+
+    def peak_mb(self) -> float:
+        if self.gpu:
+            return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
+        hwm = _status_kb("VmHWM")
+        if hwm is None or self.rss_before is None:
+            return float("nan")
+        return max(hwm - self.rss_before, 0) / 1024
+
+
+def _status_kb(key):
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def time_calls(fn: Callable[[], object], repeats: int, cell_seconds: float, meter=None) -> dict:
+    """One warm-up call, then up to `repeats` timed calls (fewer once `cell_seconds` passed)."""
+    start = time.perf_counter()
+    _block(fn())
+    first_s = time.perf_counter() - start
+    if meter is not None:
+        meter.reset()
+    times = []
+    while len(times) < repeats and sum(times) < cell_seconds * 1e3:
+        start = time.perf_counter()
+        _block(fn())
+        times.append((time.perf_counter() - start) * 1e3)
+    result = {"ms": statistics.median(times), "ms_all": times, "first_call_s": first_s}
+    if meter is not None:
+        result["peak_mb"] = meter.peak_mb()
+    return result
+
+
+def run_cell(case: str, impl: str, direction: str, settings: Settings) -> dict:
+    """Times one (case, impl, direction) in this process; returns its result record."""
+    keras.utils.set_random_seed(settings.seed)
+    meter = MemoryMeter()
+    record = {"case": case, "impl": impl, "direction": direction}
+    patched = references.autodiff_layers() if impl.startswith("autodiff") else _no_context()
+    try:
+        with patched:  # the autodiff loop is patched in while the functions trace
+            if case == "resnet18":
+                fn = _resnet_step(flow=impl != "rgb_only", seed=settings.seed)
+            else:
+                num_iter = settings.memory_iterations if case == "memory50" else settings.num_iter
+                layer_case = "flow_block" if case == "memory50" else case
+                steps = _layer_steps(layer_case, impl, num_iter, settings.seed)
+                fn = steps[0] if direction == "fwd" else steps[1]
+            if impl == "autodiff_graph":
+                fn = _without_memory_optimizer(fn)
+            record.update(time_calls(fn, settings.repeats, settings.cell_seconds, meter))
+    except Exception as error:  # noqa: BLE001 - a failing cell is a result, not a crash
+        record["error"] = f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
+    return record
+
+
+def _without_memory_optimizer(fn):
+    """Autodiff through the loop breaks under grappler's memory optimizer (DESIGN.md): the
+    baseline runs with that one optimizer off, everything else of grappler on."""
+
+    def call():
+        with ops.without_grappler_memory_optimizer():
+            return fn()
+
+    return call
+
+
+class _no_context:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def run_isolated(case: str, impl: str, direction: str, settings: Settings) -> dict:
+    """`run_cell` in a fresh interpreter (honest peak memory: nothing lent by earlier cells)."""
+    payload = json.dumps(
+        {"cell": [case, impl, direction], "settings": dataclasses.asdict(settings)}
+    )
+    command = [sys.executable, "-m", "repflow_tf.benchmarks.layer", payload]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    for line in done.stdout.splitlines():
+        if line.startswith(_RESULT_PREFIX):
+            return json.loads(line[len(_RESULT_PREFIX) :])
+    tail = " ".join(done.stderr.split())[-300:]
+    return {"case": case, "impl": impl, "direction": direction, "error": tail}
+
+
+# === The run ===
+
+
+def _cells(settings: Settings) -> Iterable[tuple[str, str, str, bool]]:
+    """(case, impl, direction, isolated) of every cell of the run."""
+    for case in settings.cases:
+        if case == "resnet18":
+            for impl in ("rgb_only", "flow_block1"):
+                yield case, impl, "train_step", False
+            continue
+        impls = [i for i in settings.impls if case != "memory50" or i.startswith("ours")]
+        if case == "memory50" and "autodiff_graph" in settings.impls:
+            impls.append("autodiff_graph")
+        for impl in impls:
+            for direction in ("fwd", "fwd+bwd"):
+                yield case, impl, direction, case == "memory50"
+
+
+def run(settings: Settings, progress: Callable[[str], None] = print) -> list[dict]:
+    """Runs every cell (memory cells in fresh processes) and returns their records."""
+    results = []
+    start = time.perf_counter()
+    for case, impl, direction, isolated in _cells(settings):
+        cell = (run_isolated if isolated else run_cell)(case, impl, direction, settings)
+        results.append(cell)
+        shown = cell.get("error", f"{cell.get('ms', float('nan')):.1f} ms")
+        progress(f"  [{time.perf_counter() - start:6.1f} s] {case} {impl} {direction}: {shown}")
+    return results
+
+
+def report(results: list[dict], settings: Settings) -> str:
+    """The tables of a run, as Markdown."""
+    index = {(r["case"], r["impl"], r["direction"]): r for r in results}
+
+    def ms(case, impl, direction):
+        r = index.get((case, impl, direction))
+        return None if r is None or "error" in r else r["ms"]
+
+    lines = [
+        f"TF {tf.__version__}, Keras {keras.__version__}, Python {platform.python_version()}, "
+        f"{'GPU' if tf.config.list_logical_devices('GPU') else 'CPU'} "
+        f"({os.cpu_count()} logical CPUs); median of up to {settings.repeats} timed calls.",
+        "",
+    ]
+    for case, title in (
+        ("flow_block", f"FlowBlock, (2, 16, 28, 28, 32) -> 32 channels, {settings.num_iter} it."),
+        ("rgb224", f"RepresentationFlow, (1, 8, 224, 224, 3), {settings.num_iter} iterations"),
+    ):
+        if case not in settings.cases:
+            continue
+        base = ms(case, "autodiff_graph", "fwd+bwd")
+        lines += [
+            f"**{title}** (learn = divergence + hyper)",
+            "",
+            "| implementation | fwd ms | fwd+bwd ms | fwd+bwd speed-up vs autodiff (graph) |",
+            "| --- | --- | --- | --- |",
+        ]
+        for impl in settings.impls:
+            fwd, both = ms(case, impl, "fwd"), ms(case, impl, "fwd+bwd")
+            ratio = f"{base / both:.2f}x" if base and both else "-"
+            lines.append(f"| {impl} | {_fmt(fwd)} | {_fmt(both)} | {ratio} |")
+        lines.append("")
+    if "resnet18" in settings.cases:
+        rgb, flow = (
+            ms("resnet18", "rgb_only", "train_step"),
+            ms("resnet18", "flow_block1", "train_step"),
+        )
+        lines += [
+            "**2D ResNet-18 train step** (base width 32, 4 x 8 x 112 x 112, SGD, train_on_batch)",
+            "",
+            "| model | ms per step | / RGB only |",
+            "| --- | --- | --- |",
+            f"| RGB only | {_fmt(rgb)} | 1.00x |",
+            f"| learned flow after block 1 (28 x 28) | {_fmt(flow)} | "
+            + (f"{flow / rgb:.2f}x |" if rgb and flow else "- |"),
+            "",
+        ]
+    if "memory50" in settings.cases:
+        lines += [
+            f"**Peak memory, FlowBlock at the paper shape, {settings.memory_iterations} "
+            "iterations** (fresh process per cell)",
+            "",
+            "| implementation | fwd MB | fwd+bwd MB | fwd+bwd / fwd |",
+            "| --- | --- | --- | --- |",
+        ]
+        for impl in ("ours", "ours_graph", "autodiff_graph"):
+            fwd = index.get(("memory50", impl, "fwd"), {}).get("peak_mb")
+            both = index.get(("memory50", impl, "fwd+bwd"), {}).get("peak_mb")
+            if fwd is None and both is None:
+                continue
+            ratio = f"{both / fwd:.2f}x" if fwd and both else "-"
+            lines.append(f"| {impl} | {_fmt(fwd, '.0f')} | {_fmt(both, '.0f')} | {ratio} |")
+        lines.append("")
+    errors = [r for r in results if "error" in r]
+    for r in errors:
+        lines.append(f"failed: {r['case']} {r['impl']} {r['direction']}: {r['error']}")
+    return "\n".join(lines)
+
+
+def _fmt(value, spec=".1f"):
+    return "-" if value is None or value != value else format(value, spec)
+
+
+def _main_cell(payload: str) -> None:
+    request = json.loads(payload)
+    settings = Settings(
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in request["settings"].items()}
+    )
+    print(_RESULT_PREFIX + json.dumps(run_cell(*request["cell"], settings)), flush=True)
+
+
+if __name__ == "__main__":
+    _main_cell(sys.argv[1])
