@@ -21,7 +21,7 @@ from collections.abc import Iterable
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
-from tensorflow.python.eager import context
+from tensorflow.python.eager import context, record
 
 EPSILON = 1e-12
 GRADIENTS = ("sobel", "central")
@@ -648,6 +648,15 @@ def _iteration_op(num_iter, interval, learn, jit_compile, dtype, channels, kerne
             frame1, frame2, kernels, *rest[_KERNEL_SLOTS:], num_iter=num_iter, interval=interval
         )
 
+    def inference(frame1, frame2, *rest):
+        TRACE_COUNTS["inference"] += 1
+        kernels = rest[:_KERNEL_SLOTS]
+        # One segment of num_iter steps: nothing stored.
+        outputs = _forward(
+            frame1, frame2, kernels, *rest[_KERNEL_SLOTS:], num_iter=num_iter, interval=num_iter
+        )
+        return outputs[:2]
+
     def backward(*args):
         TRACE_COUNTS["backward"] += 1
         inputs, checkpoints = args[:11], args[11 : 11 + _STATE_SIZE]
@@ -662,42 +671,55 @@ def _iteration_op(num_iter, interval, learn, jit_compile, dtype, channels, kerne
             learn=learn,
         )
 
-    # Outside XLA each function stays a separate call (not inlined into the caller's graph) so
-    # that it is optimised with _GRAPPLER_CONFIG, whatever the caller's graph is.
+    checkpoint_spec = tf.TensorSpec([None, 2, None, None, None, channels], dtype)
+    signatures = {
+        forward: signature,
+        inference: signature,
+        backward: [*signature, *(checkpoint_spec,) * _STATE_SIZE, frames, frames],
+    }
+    # Outside XLA each function stays a separate call (not inlined into the caller's graph), so
+    # that it runs with the call options of _grappler_options, whatever the caller's graph is.
     attributes = None if jit_compile else {"_noinline": True}
-    forward_fn = tf.function(
-        forward,
-        input_signature=signature,
-        jit_compile=jit_compile,
-        autograph=False,
-        experimental_attributes=attributes,
-    )
-    backward_fn = tf.function(
-        backward,
-        experimental_attributes=attributes,
-        input_signature=[
-            *signature,
-            *(tf.TensorSpec([None, 2, None, None, None, channels], dtype),) * _STATE_SIZE,
-            frames,
-            frames,
-        ],
-        jit_compile=jit_compile,
-        autograph=False,
+    forward_fn, inference_fn, backward_fn = (
+        tf.function(
+            fn,
+            input_signature=spec,
+            jit_compile=jit_compile,
+            autograph=False,
+            experimental_attributes=attributes,
+        )
+        for fn, spec in signatures.items()
     )
 
-    @tf.custom_gradient
-    def iteration(*inputs):
-        held = [tf.stop_gradient(value) for value in inputs]
-        with _grappler_options(jit_compile):
-            u_x, u_y, *checkpoints = forward_fn(*held)
-
-        def gradient(grad_ux, grad_uy):
+    def differentiable(store_checkpoints):
+        @tf.custom_gradient
+        def iteration(*inputs):
+            held = [tf.stop_gradient(value) for value in inputs]
             with _grappler_options(jit_compile):
-                return backward_fn(*held, *checkpoints, grad_ux, grad_uy)
+                if store_checkpoints:
+                    u_x, u_y, *checkpoints = forward_fn(*held)
+                else:
+                    (u_x, u_y), checkpoints = inference_fn(*held), None
 
-        return (u_x, u_y), gradient
+            def gradient(grad_ux, grad_uy):
+                with _grappler_options(jit_compile):
+                    stored = checkpoints if checkpoints is not None else forward_fn(*held)[2:]
+                    return backward_fn(*held, *stored, grad_ux, grad_uy)
 
-    return iteration
+            return (u_x, u_y), gradient
+
+        return iteration
+
+    with_checkpoints, without_checkpoints = differentiable(True), differentiable(False)
+
+    def call(*inputs):
+        # Storing checkpoints costs ~15% of a forward: only when a gradient tape may record
+        # this call. A function traced without a tape and differentiated later (tf.function's
+        # own gradient) still gets its gradient: the backward then recomputes them.
+        recording = record.could_possibly_record()
+        return (with_checkpoints if recording else without_checkpoints)(*inputs)
+
+    return call
 
 
 def tvl1_iterate(

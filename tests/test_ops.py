@@ -595,3 +595,25 @@ def test_plain_graph_calls_run_without_grappler_memory_optimizer():
         configs.append(config.graph_options.rewrite_options.memory_optimization)
     assert len(calls) >= 2  # forward and backward
     assert all(c == rewriter_config_pb2.RewriterConfig.NO_MEM_OPT for c in configs), configs
+
+
+def test_function_traced_without_a_tape_still_differentiates():
+    """Traced with no tape recording, the forward stores no checkpoints; a gradient taken
+    later through the function (tf.function's own gradient) recomputes them."""
+    inputs = _hard_inputs()
+    weights = tf.constant(np.random.default_rng(5).normal(size=(2, *inputs[0].shape)))
+
+    def loss(frame2):
+        u_x, u_y = _iterate(ops.tvl1_iterate, [inputs[0], frame2, *inputs[2:]], 9)
+        return tf.reduce_sum(weights[0] * u_x) + tf.reduce_sum(weights[1] * u_y)
+
+    traced = tf.function(loss)
+    before = ops.TRACE_COUNTS["inference"]
+    traced(inputs[1])  # traced here, outside any tape
+    assert ops.TRACE_COUNTS["inference"] == before + 1
+    with tf.GradientTape() as tape:
+        tape.watch(inputs[1])
+        value = traced(inputs[1])
+    got = tape.gradient(value, inputs[1])
+    want = _gradients(references.autodiff_iterate, inputs, weights, 9)[1]
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-9, atol=1e-9)
