@@ -193,27 +193,33 @@ def test_real_motion_epe_table(real_motion):
 # === One loop op ===
 
 
+def _default_iterate(frame1, frame2, num_iter, gradient="sobel", **kwargs):
+    """ops.tvl1_iterate with the default kernels and θ, λ, τ."""
+    channels = frame1.shape[-1]
+    kx, ky = ops.image_gradient_kernels(gradient, channels)
+    dx, dy = ops.difference_kernels(channels)
+    return ops.tvl1_iterate(
+        frame1,
+        frame2,
+        image_kernels=(kx, ky),
+        difference_kernels=(dx, dy),
+        divergence_kernels=(dx, dy),
+        theta=0.3,
+        lambda_=0.15,
+        tau=0.25,
+        num_iter=num_iter,
+        **kwargs,
+    )
+
+
 def _graph_stats(num_iter, jit_compile):
     """(ops in the forward + gradient graph incl. nested functions, while loops in it)."""
     channels = 2
-    kx, ky = ops.image_gradient_kernels("sobel", channels)
-    dx, dy = ops.difference_kernels(channels)
 
     def loss_and_gradient(a, b):
         with tf.GradientTape() as tape:
             tape.watch([a, b])
-            u_x, u_y = ops.tvl1_iterate(
-                a,
-                b,
-                image_kernels=(kx, ky),
-                difference_kernels=(dx, dy),
-                divergence_kernels=(dx, dy),
-                theta=0.3,
-                lambda_=0.15,
-                tau=0.25,
-                num_iter=num_iter,
-                jit_compile=jit_compile,
-            )
+            u_x, u_y = _default_iterate(a, b, num_iter, jit_compile=jit_compile)
             loss = tf.reduce_sum(u_x) + tf.reduce_sum(u_y)
         return tape.gradient(loss, [a, b])
 
@@ -535,24 +541,12 @@ def test_frozen_groups_get_zero_gradients_and_the_others_are_unchanged():
 def test_traced_once_for_any_batch_and_frame_size():
     """One trace of the forward and backward functions, whatever the static shapes."""
     channels = 5
-    kx, ky = ops.image_gradient_kernels("central", channels)
-    dx, dy = ops.difference_kernels(channels)
     before = dict(ops.TRACE_COUNTS)
     for shape in [(1, 6, 7, channels), (3, 6, 7, channels), (2, 9, 4, channels)]:
         frames = tf.constant(np.random.default_rng(0).uniform(0, 255, shape), tf.float32)
         with tf.GradientTape() as tape:
             tape.watch(frames)
-            u_x, _ = ops.tvl1_iterate(
-                frames,
-                frames[::-1],
-                image_kernels=(kx, ky),
-                difference_kernels=(dx, dy),
-                divergence_kernels=(dx, dy),
-                theta=0.3,
-                lambda_=0.15,
-                tau=0.25,
-                num_iter=11,
-            )
+            u_x, _ = _default_iterate(frames, frames[::-1], 11, gradient="central")
         assert tape.gradient(u_x, frames).shape == shape
     traced = {key: ops.TRACE_COUNTS[key] - before.get(key, 0) for key in ("forward", "backward")}
     assert traced == {"forward": 1, "backward": 1}
