@@ -46,7 +46,9 @@ flags.DEFINE_float("fps", 0, "Resample to this frame rate (0: keep every frame).
 flags.DEFINE_integer("jpeg_quality", 90, "JPEG quality of the stored frames (1-100).")
 flags.DEFINE_integer("min_frames", 16, "Reject videos with fewer frames (use the clip length).")
 flags.DEFINE_integer("videos_per_shard", 100, "Target shard size, in videos.")
-flags.DEFINE_integer("num_workers", os.cpu_count() or 1, "Worker processes (1: in-process).")
+flags.DEFINE_integer(
+    "num_workers", os.cpu_count() or 1, "Worker processes (1: in-process).", lower_bound=1
+)
 flags.DEFINE_integer("seed", 0, "Seed of the shuffle that spreads videos over shards.")
 flags.DEFINE_bool("allow_rejects", False, "Exit 0 even if some videos were rejected.")
 flags.DEFINE_integer("num_train", 512, "synthetic: training videos.")

@@ -64,6 +64,9 @@ def test_scripts(tmp_path):
     processes = {
         "rejects": _start("convert.py", *common, f"--output_dir={tmp_path / 'out1'}"),
         "bad_flag": _start("convert.py", "--format=avi", f"--output_dir={tmp_path}"),
+        "bad_workers": _start(
+            "convert.py", *common, "--num_workers=-1", f"--output_dir={tmp_path / 'out2'}"
+        ),
         "benchmark": _start(
             "benchmark_data.py",
             f"--data={tmp_path / 'bench' / 'train'}",
@@ -91,6 +94,13 @@ def test_scripts(tmp_path):
         "convert.py: error: flag --format=avi: value should be one of "
         "<hmdb51|ucf101|kinetics|csv|synthetic> (see --helpshort)"
     ]
+
+    code, _, err = results["bad_workers"]
+    assert code == 2
+    assert err.strip().splitlines() == [
+        "convert.py: error: flag --num_workers=-1: -1 is not a positive integer (see --helpshort)"
+    ], err
+    assert not os.path.exists(tmp_path / "out2")
 
     code, out, err = results["benchmark"]
     assert code == 0, err

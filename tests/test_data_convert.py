@@ -93,6 +93,9 @@ def test_decode_errors_have_reasons(videos):
         with pytest.raises(VideoDecodeError, match=reason) as info:
             list(iter_frames(entry.path))
         assert str(info.value).startswith(entry.path)
+    folder = os.path.dirname(bad[0][0].path)
+    with pytest.raises(VideoDecodeError, match=f"^{folder}: is a directory, expected a video"):
+        list(iter_frames(folder))
 
 
 def test_convert_records_rejections_and_manifest(videos, tmp_path):

@@ -154,6 +154,24 @@ def test_generic_csv(tmp_path):
     empty_label = _write(tmp_path / "empty.csv", "a.mp4, \n")
     with pytest.raises(ListFormatError, match=f"{empty_label}:1: empty value"):
         parse_csv(empty_label)
+    too_many = _write(tmp_path / "three.csv", "a.mp4,up\nb.mp4,down,extra\n")
+    with pytest.raises(ListFormatError, match=f"{too_many}:2: expected 2 fields.*got 3"):
+        parse_csv(too_many)
+
+
+@pytest.mark.parametrize("kind", ["csv", "hmdb51", "class_list"])
+def test_non_utf8_list_files_name_the_file_and_line(tmp_path, kind):
+    text = "a.mp4,up\nb.mp4,gr\u00fcn\n".encode("latin-1")
+    name = "wave_test_split1.txt" if kind == "hmdb51" else "latin1.txt"
+    path = tmp_path / name
+    path.write_bytes(text)
+    with pytest.raises(ListFormatError, match=f"{path}:2: not UTF-8 text \\(byte 0xfc\\)"):
+        if kind == "csv":
+            parse_csv(str(path))
+        elif kind == "class_list":
+            read_class_list(str(path))
+        else:
+            parse_hmdb51(str(tmp_path), "/videos", "train")
 
 
 def test_read_split_lists_shares_one_class_list(tmp_path):

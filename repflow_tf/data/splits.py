@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import io
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -38,14 +39,27 @@ class SplitList(NamedTuple):
     class_names: tuple[str, ...]
 
 
+def _read_text(path: str, what: str = "list file") -> str:
+    """A UTF-8 text file's contents; a clear error naming the file (and line) otherwise."""
+    if not os.path.isfile(path):
+        raise ListFormatError(f"{path}: {what} not found")
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise ListFormatError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{raw[error.start]:02x}); save the {what} "
+            "as UTF-8"
+        ) from None
+
+
 def _lines(path: str) -> Iterable[tuple[int, str]]:
     """(line number, stripped line) for every non-blank line of a text file."""
-    if not os.path.isfile(path):
-        raise ListFormatError(f"{path}: list file not found")
-    with open(path, encoding="utf-8-sig") as f:
-        for number, line in enumerate(f, start=1):
-            if line.strip():
-                yield number, line.strip()
+    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+        if line.strip():
+            yield number, line.strip()
 
 
 def _check_split(split: str, allowed: Sequence[str]) -> None:
@@ -210,10 +224,8 @@ def _csv_rows(
     path: str, columns: Sequence[str], header_optional: bool = False
 ) -> Iterable[tuple[int, dict[str, str]]]:
     """(line number, {column: value}) per data row; checks the header names `columns`."""
-    if not os.path.isfile(path):
-        raise ListFormatError(f"{path}: list file not found")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        rows = [(reader_line, row) for reader_line, row in _numbered(csv.reader(f)) if row]
+    text = io.StringIO(_read_text(path), newline="")
+    rows = [(reader_line, row) for reader_line, row in _numbered(csv.reader(text)) if row]
     if not rows:
         return []
     header = [name.strip() for name in rows[0][1]]
@@ -227,9 +239,10 @@ def _csv_rows(
         )
     result = []
     for number, row in rows:
-        if len(row) < len(header):
+        if len(row) != len(header):
             raise ListFormatError(
-                f"{path}:{number}: expected {len(header)} fields ({','.join(header)}), got {row}"
+                f"{path}:{number}: expected {len(header)} fields ({','.join(header)}), "
+                f"got {len(row)}: {row}"
             )
         values = dict(zip(header, (value.strip() for value in row), strict=False))
         if any(not values[name] for name in columns):

@@ -59,6 +59,8 @@ def iter_frames(
     """
     if fps is not None and fps <= 0:
         raise ValueError(f"`fps` must be positive or None. Received: fps={fps}")
+    if os.path.isdir(path):
+        raise VideoDecodeError(path, "is a directory, expected a video file")
     if not os.path.isfile(path):
         raise VideoDecodeError(path, "missing file")
     try:
