@@ -1,6 +1,7 @@
 """Conversion: decoding/resizing/resampling, records, rejections, manifest, resume, workers."""
 
 import os
+import re
 
 import av
 import numpy as np
@@ -240,3 +241,46 @@ def test_invalid_options_and_split():
     with pytest.raises(ValueError, match="must be unique"):
         convert_split(SplitList((), ("x", "x")), "/tmp", "train")
     assert manifest_path("/no/such/file.json") == "/no/such/file.json"
+
+
+def _encode(path, num_frames, codec):
+    """A video of distinct random frames written with PyAV directly (any codec / container)."""
+    with av.open(path, "w") as container:
+        stream = container.add_stream(codec, rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(num_frames):
+            image = np.random.default_rng(i).integers(0, 255, (48, 64, 3), np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+@pytest.mark.parametrize(
+    "name, codec, reason",
+    [
+        # AVI declares its frame count in the header: FFmpeg decodes up to the cut and stops.
+        ("cut.avi", "mpeg4", r"truncated: \d+ of 40 frames"),
+        # Matroska declares a duration only.
+        ("cut.mkv", "libx264", r"truncated: \d+ frames, [\d.]+ of 1\.60 s"),
+        # MP4 keeps its index at the end: the cut file does not even open.
+        ("cut.mp4", "libx264", "unreadable container"),
+    ],
+)
+def test_truncated_videos_are_rejected(tmp_path, name, codec, reason):
+    whole = str(tmp_path / f"whole_{name}")
+    _encode(whole, 40, codec)
+    assert read_video(whole).shape[0] == 40  # the complete file passes the check
+    with open(whole, "rb") as f:
+        data = f.read()
+    cut = str(tmp_path / name)
+    with open(cut, "wb") as f:
+        f.write(data[: len(data) // 2])
+    with pytest.raises(VideoDecodeError, match=f"^{re.escape(cut)}: {reason}"):
+        read_video(cut)
+    listed = SplitList((VideoEntry(whole, "up"), VideoEntry(cut, "up")), ("up",))
+    options = ConvertOptions(short_side=24, min_frames=8, videos_per_shard=4)
+    manifest = convert_split(
+        listed, str(tmp_path / "out"), "train", options, num_workers=1, log=None
+    )
+    assert manifest.num_accepted == 1 and manifest.num_rejected == 1

@@ -48,8 +48,9 @@ def iter_frames(
       short_side: resize so the shorter side has this many pixels; None keeps the size.
       fps: resample to this frame rate (repeating or dropping frames); None keeps every frame.
 
-    Raises `VideoDecodeError` (reason: missing file, unreadable container, no video stream,
-    decode error, zero frames decoded); frames yielded before a decode error stay yielded.
+    Raises `VideoDecodeError` (reason: missing file, a directory, unreadable container, no
+    video stream, decode error, zero frames decoded, truncated: fewer frames than the container
+    declares); frames yielded before the error stay yielded.
 
     >>> try:
     ...     frames = list(iter_frames("/no/such/video.mp4"))
@@ -73,7 +74,8 @@ def iter_frames(
             raise VideoDecodeError(path, "no video stream")
         stream = container.streams.video[0]
         rate = float(stream.average_rate or stream.guessed_rate or 25)
-        frames = _resample(_decode(container, stream, rate), fps, 1.0 / rate)
+        decoded = [0, 0.0]  # frames decoded (before resampling) and their end time
+        frames = _resample(_decode(container, stream, rate, decoded), fps, 1.0 / rate)
         # One reformatter per video keeps its scaling context; frame.to_ndarray(width=...) would
         # build a new one for every frame, which costs more than decoding small frames.
         reformatter = VideoReformatter()
@@ -88,16 +90,53 @@ def iter_frames(
                 count += 1
         except av.FFmpegError as error:
             raise VideoDecodeError(path, f"decode error after {count} frames ({error})") from None
+        declared = _declared_length(container, stream)
     if count == 0:
         raise VideoDecodeError(path, "zero frames decoded")
+    _check_complete(path, decoded, declared, rate)
+
+
+def _declared_length(container, stream) -> tuple[int, float | None]:
+    """(frames, seconds) the container declares: 0 / None where it does not say."""
+    if stream.duration and stream.time_base:
+        seconds = float(stream.duration * stream.time_base)
+    elif container.duration:
+        seconds = container.duration / av.time_base
+    else:
+        seconds = None
+    return stream.frames, seconds
+
+
+def _check_complete(path: str, decoded: list, declared: tuple, rate: float) -> None:
+    """FFmpeg stops quietly at the end of a cut-off file: compare with what the container says.
+
+    `decoded` is [frames, end time of the last frame]. A frame or 2% short is tolerated
+    (headers round; some muxers count a trailing frame).
+    """
+    frames, seconds = declared
+    if frames:
+        if frames - decoded[0] > max(1, frames // 50):
+            raise VideoDecodeError(path, f"truncated: {decoded[0]} of {frames} frames")
+    elif seconds and seconds - decoded[1] > max(2.0 / rate, 0.02 * seconds):
+        raise VideoDecodeError(
+            path, f"truncated: {decoded[0]} frames, {decoded[1]:.2f} of {seconds:.2f} s"
+        )
 
 
 def _decode(
-    container: av.container.InputContainer, stream: av.VideoStream, rate: float
+    container: av.container.InputContainer,
+    stream: av.VideoStream,
+    rate: float,
+    decoded: list[int],
 ) -> Iterator[tuple[float, av.VideoFrame]]:
-    """(seconds, frame) pairs; frames without a timestamp are placed at index / rate."""
+    """(seconds, frame) pairs; frames without a timestamp are placed at index / rate.
+
+    `decoded` holds the number of frames decoded so far and the end time of the last one.
+    """
     for index, frame in enumerate(container.decode(stream)):
-        yield (frame.time if frame.time is not None else index / rate), frame
+        time = frame.time if frame.time is not None else index / rate
+        decoded[:] = [index + 1, time + 1.0 / rate]
+        yield time, frame
 
 
 def _resample(
