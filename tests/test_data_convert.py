@@ -284,3 +284,81 @@ def test_truncated_videos_are_rejected(tmp_path, name, codec, reason):
         listed, str(tmp_path / "out"), "train", options, num_workers=1, log=None
     )
     assert manifest.num_accepted == 1 and manifest.num_rejected == 1
+
+
+_KILLED_CONVERSION = """
+import sys
+import numpy as np
+from repflow_tf.data import write_video
+from repflow_tf.data.convert import ConvertOptions, convert_split
+from repflow_tf.data.splits import SplitList, VideoEntry
+
+root, out = sys.argv[1], sys.argv[2]
+entries = []
+for i in range(60):
+    path = f"{root}/v{i}.mp4"
+    write_video(path, np.random.default_rng(i).integers(0, 255, (24, 48, 64, 3), np.uint8))
+    entries.append(VideoEntry(path, "up"))
+options = ConvertOptions(short_side=48, min_frames=8, videos_per_shard=1)
+convert_split(SplitList(tuple(entries), ("up",)), out, "train", options, num_workers=2, log=None)
+"""
+
+
+def _children(pid):
+    """PIDs of the live processes whose parent is `pid` (from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(entry))
+    return found
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc to find the workers")
+def test_workers_exit_when_the_converter_is_killed(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    main = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_CONVERSION, str(tmp_path), str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        # Kill the main process mid-conversion: once the workers have written a shard.
+        while not list(out.glob("train/train-*.tfrecord")):
+            assert main.poll() is None, "the conversion ended before it could be killed"
+            assert time.monotonic() < deadline, "no shard written in 120 s"
+            time.sleep(0.2)
+        workers = [pid for pid in _children(main.pid) if _alive(pid)]
+        assert workers, "no worker processes found"
+        main.send_signal(signal.SIGKILL)
+        main.wait()
+        deadline = time.monotonic() + 15
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = [pid for pid in workers if _alive(pid)]
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+        assert not left, f"workers {left} outlived the killed converter"
+    finally:
+        if main.poll() is None:
+            main.kill()

@@ -19,6 +19,7 @@ import os
 import queue as queue_lib
 import random
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, TextIO
@@ -166,9 +167,18 @@ def _write_shard(job: _ShardJob, tick: Callable[[bool], None]) -> dict[str, Any]
 _progress_queue = None
 
 
-def _init_worker(progress_queue: multiprocessing.Queue) -> None:
+def _init_worker(progress_queue: multiprocessing.Queue, parent_pid: int) -> None:
     global _progress_queue
     _progress_queue = progress_queue
+    threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
+
+
+def _exit_with_parent(parent_pid: int, poll_seconds: float = 0.5) -> None:
+    """Ends this worker once its parent is gone (killed, even with SIGKILL): an orphan would
+    go on writing shards nobody collects, then wait forever for more work."""
+    while os.getppid() == parent_pid:
+        time.sleep(poll_seconds)
+    os._exit(1)
 
 
 def _write_shard_in_worker(job: _ShardJob) -> dict[str, Any]:
@@ -345,7 +355,7 @@ def _run_workers(
                 return
 
     with concurrent.futures.ProcessPoolExecutor(
-        num_workers, mp_context=context, initializer=_init_worker, initargs=(ticks,)
+        num_workers, mp_context=context, initializer=_init_worker, initargs=(ticks, os.getpid())
     ) as pool:
         futures = {pool.submit(_write_shard_in_worker, job): job for job in jobs}
         pending = set(futures)
