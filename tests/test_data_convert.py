@@ -195,12 +195,10 @@ def test_worker_processes_match_in_process(videos, tmp_path):
     assert parallel == serial
     assert (parallel.num_accepted, parallel.num_rejected) == (7, 1)
     for shard in parallel.shards:
-        # Compare parsed content: protobuf map order in the serialised bytes varies by process.
-        a, b = (_records(str(tmp_path / d / "train" / shard.file)) for d in ("a", "b"))
-        assert len(a) == len(b) == shard.num_records
-        for x, y in zip(a, b, strict=True):
-            for key in ("filename", "label", "frames"):
-                np.testing.assert_array_equal(x[key].numpy(), y[key].numpy())
+        # Byte-identical shards, whichever process wrote them (deterministic serialisation).
+        a, b = (tmp_path / d / "train" / shard.file for d in ("a", "b"))
+        assert a.read_bytes() == b.read_bytes()
+        assert len(_records(str(a))) == shard.num_records
     # Per-video progress from the workers, then the summary line.
     assert "8/8 videos, 1 rejected" in log.text
     assert (

@@ -70,7 +70,8 @@ def make_sequence_example(
     example = tf.train.SequenceExample(
         context=context, feature_lists=tf.train.FeatureLists(feature_list={IMAGE_KEY: frames})
     )
-    return example.SerializeToString()
+    # Deterministic: protobuf map order otherwise varies by process, and so would the shards.
+    return example.SerializeToString(deterministic=True)
 
 
 def parse_sequence_example(record: tf.Tensor) -> dict[str, tf.Tensor]:
