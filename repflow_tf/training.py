@@ -2,7 +2,9 @@
 
 `train(config, workdir)` writes into `workdir`:
 
-- `config.toml`: the resolved config (a resumed run must have the same `[model]` section);
+- `config.toml`: the resolved config of the first run; a resumed run must have the same
+  `[model]`, `[optimizer]` and `[schedule]` and the same data and trainer values that count
+  steps (`_STEP_COUNTING_DATA`, `_STEP_COUNTING_TRAINER`), and keeps this file;
 - `class_names.json`: the training split's class names;
 - `checkpoints/`: model, optimizer (all sub-optimizers), epoch and batch counters, saved every
   epoch and every `trainer.checkpoint_every_steps` steps; a new run in the same workdir resumes
@@ -343,16 +345,43 @@ def _check_workdir(config: ExperimentConfig, workdir: str) -> None:
     except ValueError as error:
         raise TrainingError(str(error)) from None
     if previous.model != config.model:
-        changed = [
-            f"{field.name}={getattr(previous.model, field.name)!r}->"
-            f"{getattr(config.model, field.name)!r}"
-            for field in dataclasses.fields(config.model)
-            if getattr(previous.model, field.name) != getattr(config.model, field.name)
-        ]
         raise TrainingError(
-            f"{path} was trained with another [model] ({', '.join(changed)}); "
+            f"{path} was trained with another [model] "
+            f"({', '.join(_changes(previous.model, config.model))}); "
             "use a new --workdir or the same model config"
         )
+    changed = _changes(_step_counting(previous), _step_counting(config))
+    if changed:
+        raise TrainingError(
+            f"{path}: resuming with changed step counting or schedule ({', '.join(changed)}) "
+            "would reinterpret the saved step; use a new --workdir or the same values"
+        )
+
+
+# What the saved step counter and the learning-rate schedule mean depends on these.
+_STEP_COUNTING_DATA = ("root", "synthetic", "synthetic_train", "train_split", "batch_size")
+_STEP_COUNTING_TRAINER = ("epochs", "steps_per_epoch")
+
+
+def _step_counting(config: ExperimentConfig) -> dict[str, Any]:
+    values = {f"data.{name}": getattr(config.data, name) for name in _STEP_COUNTING_DATA}
+    values.update(
+        {f"trainer.{name}": getattr(config.trainer, name) for name in _STEP_COUNTING_TRAINER}
+    )
+    for section in ("schedule", "optimizer"):
+        part = getattr(config, section)
+        values.update(
+            {f"{section}.{f.name}": getattr(part, f.name) for f in dataclasses.fields(part)}
+        )
+    return values
+
+
+def _changes(before, after) -> list[str]:
+    """ "name=old->new" for every field that differs (dataclasses or dicts)."""
+    if dataclasses.is_dataclass(before):
+        before = {f.name: getattr(before, f.name) for f in dataclasses.fields(before)}
+        after = {f.name: getattr(after, f.name) for f in dataclasses.fields(after)}
+    return [f"{key}={before[key]!r}->{after[key]!r}" for key in before if before[key] != after[key]]
 
 
 def _restore(checkpoint: tf.train.Checkpoint, manager: tf.train.CheckpointManager) -> str | None:
@@ -469,7 +498,8 @@ def train(
             manager = tf.train.CheckpointManager(checkpoint, own_dir, max_to_keep=3)
         if chief:  # only now: nothing is written before every check has passed
             os.makedirs(workdir, exist_ok=True)
-            save_config(config, os.path.join(workdir, CONFIG_FILE))
+            if not os.path.exists(os.path.join(workdir, CONFIG_FILE)):  # a resume keeps its own
+                save_config(config, os.path.join(workdir, CONFIG_FILE))
             write_class_names(os.path.join(workdir, CLASS_NAMES_FILE), splits["class_names"])
         if restored and chief:
             print(

@@ -330,6 +330,34 @@ def test_cli_rejects_a_workdir_of_another_architecture(data_root, trained_workdi
     assert after == before
 
 
+@pytest.mark.parametrize(
+    "change, shown",
+    [
+        ("data.batch_size=2", "data.batch_size=4->2"),
+        ("trainer.epochs=5", "trainer.epochs=2->5"),
+        ("optimizer.learning_rate=0.5", "optimizer.learning_rate="),
+    ],
+)
+def test_cli_refuses_to_resume_with_changed_step_counting(
+    data_root, trained_workdir, capsys, change, shown
+):
+    config_path = os.path.join(trained_workdir, "config.toml")
+    with open(config_path) as f:
+        before = f.read()
+    code, _, err = run_cli(
+        [
+            f"--config={DEMO}",
+            f"--workdir={trained_workdir}",
+            *set_args(data_root, "trainer.checkpoint_every_steps=3", change),
+        ],
+        capsys,
+    )
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert config_path in err and shown in err and "step counting or schedule" in err
+    with open(config_path) as f:
+        assert f.read() == before
+
+
 def test_cli_rejects_bad_config_keys(data_root, tmp_path, capsys):
     code, _, err = run_cli(
         [f"--config={DEMO}", f"--workdir={tmp_path}", "--set=model.dept=3"], capsys
