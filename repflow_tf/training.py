@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -183,6 +184,18 @@ def build_optimizer(
         default_optimizer=default, optimizer_map={FLOW_VARIABLES: flow}
     )
     return keras.optimizers.MultiOptimizer(mapping), {"default": default, "flow": flow}
+
+
+def stepping_optimizers(
+    model: keras.Model, parts: dict[str, keras.optimizers.Optimizer]
+) -> dict[str, keras.optimizers.Optimizer]:
+    """The sub-optimizers of `build_optimizer` that update some variable of `model`.
+
+    The flow optimizer has nothing to update when every flow parameter is frozen; its learning
+    rate would be logged as a flat line (its schedule never steps), so it is left out.
+    """
+    flow = any(re.fullmatch(FLOW_VARIABLES, v.path) for v in model.trainable_variables)
+    return {name: part for name, part in parts.items() if name != "flow" or flow}
 
 
 # === Strategy ===
@@ -527,7 +540,7 @@ def train(
                 TensorBoardLogger(
                     os.path.join(workdir, LOGS_DIR),
                     state,
-                    parts,
+                    stepping_optimizers(model, parts),
                     flow_clip=val_clip[0],
                     images_every=trainer.flow_images_every_epochs,
                     histograms_every=trainer.histograms_every_epochs,

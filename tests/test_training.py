@@ -107,6 +107,24 @@ def trained_workdir(data_root, tmp_path_factory) -> str:
 # === Optimizer ===
 
 
+@pytest.mark.parametrize("learn, logged", [((), ["default"]), (("hyper",), ["default", "flow"])])
+def test_only_optimizers_that_step_get_their_learning_rate_logged(learn, logged):
+    config = load_config(None, ["trainer.epochs=2"])
+    model = models.build(
+        ModelConfig(
+            depth=18,
+            base_width=4,
+            num_classes=3,
+            flow_position="block1",
+            flow_iterations=2,
+            flow_channels=4,
+            flow_learn=learn,
+        )
+    )
+    _, parts = training.build_optimizer(config, steps_per_epoch=10)
+    assert sorted(training.stepping_optimizers(model, parts)) == logged
+
+
 def test_flow_parameters_get_a_hundredth_of_the_learning_rate():
     config = load_config(
         None,
