@@ -299,6 +299,32 @@ def test_mirrored_mixed_precision(data_root, tmp_path):
     assert sync and all(layer.synchronized for layer in sync)
 
 
+@pytest.mark.slow
+def test_jit_compiled_train_step_matches_the_uncompiled_one(data_root, tmp_path):
+    """`--jit_compile` end to end: the whole train step in XLA, flow layer included."""
+    results = {}
+    for jit in (False, True):
+        config = load_config(
+            DEMO,
+            tiny_overrides(
+                data_root,
+                f"runtime.jit_compile={str(jit).lower()}",
+                "trainer.epochs=1",
+                "trainer.steps_per_epoch=2",
+                "trainer.validation_steps=1",
+                "model.dropout=0.0",
+            ),
+        )
+        results[jit] = training.train(
+            config, str(tmp_path / f"jit_{jit}"), log=open(os.devnull, "w")
+        )
+    assert results[True].summary["steps"] == 2
+    for compiled, plain in zip(
+        results[True].model.get_weights(), results[False].model.get_weights(), strict=True
+    ):
+        np.testing.assert_allclose(compiled, plain, rtol=1e-3, atol=1e-4)
+
+
 # === Command line errors: one line, exit status 2, nothing written ===
 
 
