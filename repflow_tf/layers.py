@@ -69,7 +69,7 @@ class RepresentationFlow(keras.layers.Layer):
     [1e-4, 1e4], so a large optimizer step cannot make them 0 or inf).
 
     Args:
-        num_iter: number of TV-L1 iterations (one `tf.while_loop`).
+        num_iter: number of TV-L1 iterations (static while loops; the graph does not grow with it).
         gradient: image-gradient kernel, `"sobel"` (Sobel / 8) or `"central"` ([-0.5, 0, 0.5]).
         learn: learnable groups, a subset of `("sobel", "divergence", "hyper")` (paper Table 2);
             the other groups are non-trainable weights.
