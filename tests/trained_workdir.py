@@ -14,9 +14,12 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
+
 from repflow_tf import models
 from repflow_tf.config import DataConfig, ExperimentConfig, ModelConfig, save_config
 from repflow_tf.data import load_manifest, make_synthetic_dataset
+from repflow_tf.layers import FlowBlock
 from repflow_tf.workdir import CLASS_NAMES_FILE, CONFIG_FILE, MODEL_FILE, write_class_names
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,12 +46,30 @@ class Workdirs:
     class_names: tuple[str, ...]
 
 
+def open_flow_blocks(model, seed: int = 0):
+    """Gives every FlowBlock a non-zero batch-norm scale, so the flow path reaches the output.
+
+    A freshly built block is the identity (scale 0): a test of such a model would pass whatever
+    the flow layer computed.
+    """
+    rng = np.random.default_rng(seed)
+    blocks = [layer for layer in model._flatten_layers() if isinstance(layer, FlowBlock)]
+    for block in blocks:
+        gamma = block.norm.gamma
+        gamma.assign(rng.uniform(0.5, 1.5, gamma.shape).astype("float32"))
+    return blocks
+
+
 def write_workdir(path: str, config: ExperimentConfig, class_names, model=None) -> str:
-    """Writes config.toml, class_names.json and model.keras (built from the config if None)."""
+    """Writes config.toml, class_names.json and model.keras (built from the config if None,
+    with its flow blocks opened)."""
     os.makedirs(os.path.join(path, "logs"), exist_ok=True)
     save_config(config, os.path.join(path, CONFIG_FILE))
     write_class_names(os.path.join(path, CLASS_NAMES_FILE), class_names)
-    (model or models.build(config.model)).save(os.path.join(path, MODEL_FILE))
+    if model is None:
+        model = models.build(config.model)
+        open_flow_blocks(model)
+    model.save(os.path.join(path, MODEL_FILE))
     return path
 
 
