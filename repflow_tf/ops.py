@@ -455,8 +455,14 @@ def _read(arrays, index):
     return tuple(array.read(index) for array in arrays)
 
 
+def _zeros_like_stack(frame):
+    """Zeros shaped like a (2, N, H, W, C) stack of `frame`-shaped tensors."""
+    zeros = tf.zeros_like(frame)
+    return tf.stack([zeros, zeros])
+
+
 def _zeros_state(frame):
-    return (tf.zeros_like(tf.stack([frame, frame])),) * _STATE_SIZE
+    return (_zeros_like_stack(frame),) * _STATE_SIZE
 
 
 def _stencils(kernels):
@@ -515,7 +521,7 @@ def _reduced_count(learn):
 
 
 def _initial_sums(frame, channels, learn):
-    sums = {"fields": _FieldGrads(tf.zeros_like(tf.stack([frame, frame])), tf.zeros_like(frame))}
+    sums = {"fields": _FieldGrads(_zeros_like_stack(frame), tf.zeros_like(frame))}
     if _reduced_count(learn):
         sums["reduced"] = [tf.zeros([channels], frame.dtype)] * _reduced_count(learn)
     return sums
@@ -620,6 +626,7 @@ def _grappler_options(jit_compile):
     return contextlib.nullcontext() if jit_compile else without_grappler_memory_optimizer()
 
 
+# How often each function of the iteration was traced (tests check one trace serves all shapes).
 TRACE_COUNTS: collections.Counter = collections.Counter()
 
 
