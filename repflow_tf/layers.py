@@ -14,7 +14,6 @@ LEARNABLE_GROUPS = ops.LEARNABLE_GROUPS
 # Learned θ, λ, τ are kept within [1e-4, 1e4]: exp(log θ) of an unbounded log underflows to 0
 # (τ/θ = inf, NaN flow) or overflows to inf after one large optimizer step.
 _LOG_HYPER_RANGE = (float(np.log(1e-4)), float(np.log(1e4)))
-JIT_CHOICES = (True, False, "auto")
 FLOW_STACKS = ("single", "fof", "fcf")
 _PACKAGE = "repflow_tf"
 

@@ -107,10 +107,9 @@ def trained_workdir(data_root, tmp_path_factory) -> str:
 # === Optimizer ===
 
 
-@pytest.mark.parametrize("learn, logged", [((), ["default"]), (("hyper",), ["default", "flow"])])
-def test_only_optimizers_that_step_get_their_learning_rate_logged(learn, logged):
-    config = load_config(None, ["trainer.epochs=2"])
-    model = models.build(
+def _tiny_flow_model(learn):
+    """A 2D ResNet-18 of width 4 with a 2-iteration flow block after block 1."""
+    return models.build(
         ModelConfig(
             depth=18,
             base_width=4,
@@ -121,6 +120,12 @@ def test_only_optimizers_that_step_get_their_learning_rate_logged(learn, logged)
             flow_learn=learn,
         )
     )
+
+
+@pytest.mark.parametrize("learn, logged", [((), ["default"]), (("hyper",), ["default", "flow"])])
+def test_only_optimizers_that_step_get_their_learning_rate_logged(learn, logged):
+    config = load_config(None, ["trainer.epochs=2"])
+    model = _tiny_flow_model(learn)
     _, parts = training.build_optimizer(config, steps_per_epoch=10)
     assert sorted(training.stepping_optimizers(model, parts)) == logged
 
@@ -137,17 +142,7 @@ def test_flow_parameters_get_a_hundredth_of_the_learning_rate():
             "trainer.epochs=4",
         ],
     )
-    model = models.build(
-        ModelConfig(
-            depth=18,
-            base_width=4,
-            num_classes=3,
-            flow_position="block1",
-            flow_iterations=2,
-            flow_channels=4,
-            flow_learn=("sobel", "divergence", "hyper"),
-        )
-    )
+    model = _tiny_flow_model(("sobel", "divergence", "hyper"))
     optimizer, parts = training.build_optimizer(config, steps_per_epoch=10)
     variables = model.trainable_variables
     optimizer.build(variables)

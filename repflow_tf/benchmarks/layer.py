@@ -24,6 +24,7 @@ minus the resident set before the cell built its model and input.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -194,7 +195,8 @@ def run_cell(case: str, impl: str, direction: str, settings: Settings) -> dict:
     keras.utils.set_random_seed(settings.seed)
     meter = MemoryMeter()
     record = {"case": case, "impl": impl, "direction": direction}
-    patched = references.autodiff_layers() if impl.startswith("autodiff") else _no_context()
+    autodiff = impl.startswith("autodiff")
+    patched = references.autodiff_layers() if autodiff else contextlib.nullcontext()
     try:
         with patched:  # the autodiff loop is patched in while the functions trace
             if case == "resnet18":
@@ -221,14 +223,6 @@ def _without_memory_optimizer(fn):
             return fn()
 
     return call
-
-
-class _no_context:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def run_isolated(case: str, impl: str, direction: str, settings: Settings) -> dict:
