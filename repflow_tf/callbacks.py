@@ -23,6 +23,9 @@ from tensorboard.plugins.hparams import api as hparams_api
 from repflow_tf.layers import RepresentationFlow
 from repflow_tf.visualize import flow_channels_to_images
 
+# The training metrics both loops log; the whole-epoch values are kept across a resume.
+EPOCH_METRICS = ("loss", "accuracy")
+
 
 @dataclasses.dataclass
 class TrainingState:
@@ -45,6 +48,13 @@ class TrainingState:
     )
     batch: tf.Variable = dataclasses.field(
         default_factory=lambda: tf.Variable(0, dtype=tf.int64, trainable=False, name="batch")
+    )
+    # Sums over the current epoch's batches of the batch means of `EPOCH_METRICS`, so that a
+    # resumed epoch still reports the metrics of the whole epoch.
+    metric_sums: tf.Variable = dataclasses.field(
+        default_factory=lambda: tf.Variable(
+            tf.zeros([len(EPOCH_METRICS)], tf.float64), trainable=False, name="metric_sums"
+        )
     )
 
     @property
@@ -101,6 +111,51 @@ def first_flow_output(model: keras.Model, frames: tf.Tensor) -> tf.Tensor | None
         for layer in layers:
             del layer.call
     return outputs[0] if outputs else None
+
+
+class WholeEpochMetrics(keras.callbacks.Callback):
+    """Makes the training metrics in `logs` those of the whole epoch, across a resume.
+
+    Keras (and the custom loop) average over the batches of the current run only; after a
+    resume mid-epoch that would leave out the batches before the kill. This callback keeps the
+    epoch's sums in `state.metric_sums` (saved with every checkpoint) and rewrites `logs` in
+    place, so it must come first: the callbacks after it (checkpoint, progress, TensorBoard,
+    `History`) share the same `logs` dict. `epoch_logs` holds the last finished epoch's logs.
+    Every batch of an epoch has the same size, so the mean of the batch means is the mean.
+    """
+
+    def __init__(self, state: TrainingState):
+        super().__init__()
+        self.state = state
+        self.epoch_logs: dict[str, float] = {}
+        self._base = [0.0] * len(EPOCH_METRICS)
+        self._batches_this_run = 0
+
+    def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+        if int(self.state.batch) == 0:
+            self.state.metric_sums.assign(tf.zeros_like(self.state.metric_sums))
+        self._base = [float(value) for value in self.state.metric_sums.numpy()]
+        self._batches_this_run = 0
+
+    def _rewrite(self, logs: dict[str, Any] | None, batches: int) -> None:
+        for index, key in enumerate(EPOCH_METRICS):
+            if logs is not None and key in logs:
+                logs[key] = float(self.state.metric_sums[index]) / max(batches, 1)
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self._batches_this_run += 1
+        means = [float((logs or {}).get(key, 0.0)) for key in EPOCH_METRICS]
+        sums = [
+            base + mean * self._batches_this_run
+            for base, mean in zip(self._base, means, strict=True)
+        ]
+        self.state.metric_sums.assign(sums)
+        # CheckpointCallback (next) counts this batch into `state.batch`.
+        self._rewrite(logs, int(self.state.batch) + 1)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._rewrite(logs, int(self.state.batch))
+        self.epoch_logs = dict(logs or {})
 
 
 class CheckpointCallback(keras.callbacks.Callback):
@@ -264,6 +319,8 @@ class TensorBoardLogger(keras.callbacks.Callback):
         self.images_every = images_every
         self.histograms_every = histograms_every
         self.batch_every = batch_every
+        # A run killed after its last checkpoint logged steps the resumed run trains again.
+        self._last_batch_step = last_logged_step(os.path.join(log_dir, "train"), "batch_loss")
         self.train_writer = tf.summary.create_file_writer(os.path.join(log_dir, "train"))
         self.val_writer = tf.summary.create_file_writer(os.path.join(log_dir, "validation"))
         if hparams:
@@ -282,9 +339,15 @@ class TensorBoardLogger(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch: int, logs: Mapping[str, Any] | None = None) -> None:
         step = self.state.global_step
-        if logs and "loss" in logs and step % self.batch_every == 0:
+        if (
+            logs
+            and "loss" in logs
+            and step % self.batch_every == 0
+            and step > self._last_batch_step
+        ):
             with self.train_writer.as_default(step=step):
                 tf.summary.scalar("batch_loss", float(logs["loss"]))
+            self.train_writer.flush()  # on disk now: a live TensorBoard, and a resume, see it
 
     def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
         logs = logs or {}
@@ -319,6 +382,22 @@ class TensorBoardLogger(keras.callbacks.Callback):
     def on_train_end(self, logs: Mapping[str, Any] | None = None) -> None:
         self.train_writer.flush()
         self.val_writer.flush()
+
+
+def last_logged_step(run_dir: str, tag: str) -> int:
+    """The largest step of scalar `tag` in the event files of `run_dir` (-1: none).
+
+    A file cut short by a kill is read up to its last complete record.
+    """
+    last = -1
+    for path in sorted(tf.io.gfile.glob(os.path.join(run_dir, "events.out.tfevents.*"))):
+        try:
+            for event in tf.compat.v1.train.summary_iterator(path):
+                if any(value.tag == tag for value in event.summary.value):
+                    last = max(last, event.step)
+        except tf.errors.DataLossError:
+            continue
+    return last
 
 
 def _due(epoch: int, every: int) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -196,6 +197,9 @@ class DataConfig:
         shuffle_buffer: clips in the training shuffle buffer.
         flip: random horizontal flips in training (turn off where left and right are the
             classes, as in the synthetic motion dataset).
+        crop_area: training crops cover a random fraction in [low, high] of the short side's
+            square ([1.0, 1.0] with crop_aspect_ratio [1.0, 1.0]: the centre square, no jitter).
+        crop_aspect_ratio: the [low, high] range of the training crops' width / height.
     """
 
     root: str = "data/synthetic"
@@ -212,6 +216,8 @@ class DataConfig:
     eval_clips: int = 1
     shuffle_buffer: int = 256
     flip: bool = True
+    crop_area: tuple[float, float] = (0.4, 1.0)
+    crop_aspect_ratio: tuple[float, float] = (3 / 4, 4 / 3)
 
     def __post_init__(self):
         for name in ("synthetic_train", "synthetic_val", "stride", "batch_size", "eval_clips"):
@@ -224,6 +230,8 @@ class DataConfig:
             _check_str(name, getattr(self, name))
         _check_bool("synthetic", self.synthetic)
         _check_bool("flip", self.flip)
+        _set_range(self, "crop_area", upper=1.0)
+        _set_range(self, "crop_aspect_ratio")
 
     def split_dir(self, split: str) -> str:
         """The converted split directory: `<root>/<split>`, or for the synthetic dataset
@@ -235,6 +243,19 @@ class DataConfig:
         if self.synthetic:
             return os.path.join(self.root, "tfrecords", split)
         return os.path.join(self.root, split)
+
+
+def _set_range(config: Any, name: str, upper: float = math.inf) -> None:
+    """Checks that `config.<name>` is `[low, high]`, 0 < low <= high <= upper; stores a tuple."""
+    value = getattr(config, name)
+    numbers = isinstance(value, list | tuple) and len(value) == 2
+    numbers = numbers and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+    if not numbers or not 0 < value[0] <= value[1] <= upper:
+        bound = "" if upper == math.inf else f" <= {upper:g}"
+        raise ValueError(
+            f"`{name}` must be [low, high] with 0 < low <= high{bound}. Received: {name}={value!r}"
+        )
+    object.__setattr__(config, name, (float(value[0]), float(value[1])))
 
 
 OPTIMIZERS = ("sgd", "adam", "adamw")

@@ -43,6 +43,7 @@ from repflow_tf.callbacks import (
     ProgressLogger,
     TensorBoardLogger,
     TrainingState,
+    WholeEpochMetrics,
     flat_hparams,
     format_metrics,
 )
@@ -325,6 +326,8 @@ def clip_dataset(
         crop_size=options.crop_size,
         shuffle_buffer=options.shuffle_buffer,
         flip=options.flip,
+        area_range=options.crop_area,
+        aspect_ratio_range=options.crop_aspect_ratio,
         seed=seed,
     )
     pipelines = input_context.num_input_pipelines if input_context else 1
@@ -395,6 +398,16 @@ def _changes(before, after) -> list[str]:
         before = {f.name: getattr(before, f.name) for f in dataclasses.fields(before)}
         after = {f.name: getattr(after, f.name) for f in dataclasses.fields(after)}
     return [f"{key}={before[key]!r}->{after[key]!r}" for key in before if before[key] != after[key]]
+
+
+def _metric_sums(state: TrainingState, latest: str | None) -> dict[str, tf.Variable]:
+    """The checkpoint entry of the epoch's metric sums; none when resuming a checkpoint written
+    before it existed (that epoch's metrics then cover only the batches after the resume)."""
+    if latest and not any(
+        name.startswith("metric_sums/") for name, _ in tf.train.list_variables(latest)
+    ):
+        return {}
+    return {"metric_sums": state.metric_sums}
 
 
 def _restore(checkpoint: tf.train.Checkpoint, manager: tf.train.CheckpointManager) -> str | None:
@@ -504,6 +517,7 @@ def train(
             random=tf.train.Checkpoint(**{f"seed_{i}": v for i, v in enumerate(seed_states)}),
             epoch=state.epoch,
             batch=state.batch,
+            **_metric_sums(state, tf.train.latest_checkpoint(checkpoint_dir)),
         )
         manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=3)
         restored = _restore(checkpoint, manager)
@@ -523,13 +537,15 @@ def train(
             )
 
         trainer = config.trainer
+        epoch_metrics = WholeEpochMetrics(state)
         built_in = [
+            epoch_metrics,
             CheckpointCallback(
                 state,
                 manager,
                 trainer.checkpoint_every_steps,
                 os.path.join(workdir, MODEL_FILE) if chief else None,
-            )
+            ),
         ]
         if chief:
             built_in.append(ProgressLogger(state, trainer.log_every_steps, log))
@@ -554,7 +570,8 @@ def train(
         start = time.monotonic()
         start_step = state.global_step
         run = _custom_loop if multi_worker else _fit
-        logs = run(model, optimizer, strategy, config, splits, state, all_callbacks)
+        run(model, optimizer, strategy, config, splits, state, all_callbacks)
+        logs = epoch_metrics.epoch_logs
         summary = {
             **{key: float(value) for key, value in logs.items()},
             "epochs": int(state.epoch),
@@ -607,7 +624,7 @@ def _validation_steps(config: ExperimentConfig, splits: dict) -> int:
     return config.trainer.validation_steps or one_pass
 
 
-def _fit(model, optimizer, strategy, config, splits, state, callbacks) -> dict[str, float]:
+def _fit(model, optimizer, strategy, config, splits, state, callbacks) -> None:
     """`model.fit`, one call per epoch so that a resumed epoch starts at its saved batch."""
     validation = clip_dataset(
         splits["val"], config, training=False, seed=None, batch_size=config.data.batch_size
@@ -615,13 +632,12 @@ def _fit(model, optimizer, strategy, config, splits, state, callbacks) -> dict[s
     # Known steps: Keras warns about unknown-length validation data running out.
     validation_steps = _validation_steps(config, splits)
     validation = validation.repeat().take(validation_steps)
-    logs: dict[str, float] = {}
     for epoch in range(int(state.epoch), state.epochs):
         skip = int(state.batch)
         batches = _epoch_dataset(
             config, splits, epoch, skip, state.steps_per_epoch, config.data.batch_size
         )
-        history = model.fit(
+        model.fit(
             batches,
             initial_epoch=epoch,
             epochs=epoch + 1,
@@ -632,30 +648,30 @@ def _fit(model, optimizer, strategy, config, splits, state, callbacks) -> dict[s
             shuffle=False,  # the dataset is shuffled (and seeded) itself
             verbose=0,
         )
-        logs = {key: values[-1] for key, values in history.history.items()}
-    return logs
 
 
-def _custom_loop(model, optimizer, strategy, config, splits, state, callbacks) -> dict[str, float]:
+def _custom_loop(model, optimizer, strategy, config, splits, state, callbacks) -> None:
     """Custom training loop for `MultiWorkerMirroredStrategy`, driving the same callbacks."""
     global_batch = config.data.batch_size
     label_smoothing = config.optimizer.label_smoothing
-    validation_steps = _validation_steps(config, splits)
+    validation_steps = config.trainer.validation_steps or _validation_steps_per_worker(
+        splits["val"], global_batch, strategy
+    )
 
-    def loss_and_correct(frames, labels, training: bool):
+    def loss_and_hits(frames, labels, training: bool):
         logits = model(frames, training=training)
         per_example = keras.losses.categorical_crossentropy(
             labels, logits, from_logits=True, label_smoothing=label_smoothing
         )
         hits = tf.equal(tf.argmax(logits, -1), tf.argmax(labels, -1))
-        return per_example, tf.reduce_sum(tf.cast(hits, tf.float32))
+        return per_example, tf.cast(hits, tf.float32)
 
     def gradients(frames, labels):
         with tf.GradientTape() as tape:
-            per_example, correct = loss_and_correct(frames, labels, training=True)
+            per_example, hits = loss_and_hits(frames, labels, training=True)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
             scaled = optimizer.scale_loss(loss)
-        return tape.gradient(scaled, model.trainable_variables), loss, correct
+        return tape.gradient(scaled, model.trainable_variables), loss, tf.reduce_sum(hits)
 
     if config.runtime.jit_compile:
         gradients = tf.function(gradients, jit_compile=True)
@@ -673,26 +689,17 @@ def _custom_loop(model, optimizer, strategy, config, splits, state, callbacks) -
 
     @tf.function
     def val_step(iterator):
-        def replica(frames, labels):
-            per_example, correct = loss_and_correct(frames, labels, training=False)
-            count = tf.cast(tf.shape(labels)[0], tf.float32)
-            return tf.reduce_sum(per_example), correct, count
+        def replica(frames, labels, weights):  # weight 0: padding, see _worker_validation
+            per_example, hits = loss_and_hits(frames, labels, training=False)
+            sums = (per_example * weights, hits * weights, weights)
+            return [tf.reduce_sum(value) for value in sums]
 
         results = strategy.run(replica, args=next(iterator))
         return [strategy.reduce("SUM", value, axis=None) for value in results]
 
-    def validation_function(context):
-        batch = context.get_per_replica_batch_size(global_batch)
-        clips = clip_dataset(
-            splits["val"],
-            config,
-            training=False,
-            seed=None,
-            batch_size=batch,
-            input_context=context,
-        )
-        # Every worker runs the same number of batches (collectives must match).
-        return clips.repeat().take(validation_steps)
+    validation = strategy.distribute_datasets_from_function(
+        lambda context: _worker_validation(splits["val"], config, context, validation_steps)
+    )
 
     callback_list = keras.callbacks.CallbackList(list(callbacks), model=model)
     callback_list.on_train_begin()
@@ -716,7 +723,7 @@ def _custom_loop(model, optimizer, strategy, config, splits, state, callbacks) -
             done = step + 1
             logs = {"loss": total_loss / done, "accuracy": total_correct / (done * global_batch)}
             callback_list.on_train_batch_end(step, logs)
-        val_iterator = iter(strategy.distribute_datasets_from_function(validation_function))
+        val_iterator = iter(validation)
         sums = [0.0, 0.0, 0.0]
         for _ in range(validation_steps):
             sums = [
@@ -727,4 +734,45 @@ def _custom_loop(model, optimizer, strategy, config, splits, state, callbacks) -
         logs["val_accuracy"] = sums[1] / max(sums[2], 1.0)
         callback_list.on_epoch_end(epoch, logs)
     callback_list.on_train_end(logs)
-    return logs
+
+
+def _clips_per_pipeline(source: str, pipelines: int) -> list[int]:
+    """How many clips each of `pipelines` input pipelines reads from `source` (see
+    `clip_dataset`: whole shards round robin, or clips round robin with fewer shards)."""
+    shards = data.list_shards(source)
+    if any(count < 0 for _, count in shards):
+        raise TrainingError(f"{source}: multi-worker validation needs the split's manifest")
+    if len(shards) >= pipelines:
+        return [sum(count for _, count in shards[index::pipelines]) for index in range(pipelines)]
+    total = sum(count for _, count in shards)
+    return [len(range(index, total, pipelines)) for index in range(pipelines)]
+
+
+def _validation_steps_per_worker(
+    source: str, global_batch: int, strategy: tf.distribute.Strategy
+) -> int:
+    """Steps that let the worker with the most validation clips see all of them."""
+    workers = strategy.num_replicas_in_sync // len(strategy.extended.worker_devices)
+    most = max(_clips_per_pipeline(source, workers))
+    return max(1, math.ceil(most / (global_batch // workers)))
+
+
+def _worker_validation(source, config, context, steps: int) -> tf.data.Dataset:
+    """This worker's validation clips, each once, as `(frames, labels, weights)` batches, padded
+    with weight-0 clips to `steps` steps: every worker runs the same steps (collectives must
+    match) and each clip is counted exactly once, however unevenly the shards split."""
+    batch = context.get_per_replica_batch_size(config.data.batch_size)
+    per_worker = config.data.batch_size // context.num_input_pipelines
+    clips = clip_dataset(
+        source, config, training=False, seed=None, batch_size=batch, input_context=context
+    ).unbatch()
+    frames_spec, labels_spec = clips.element_spec
+    padding = tf.data.Dataset.from_tensors(
+        (tf.zeros(frames_spec.shape), tf.zeros(labels_spec.shape), tf.constant(0.0))
+    ).repeat()
+    weighted = clips.map(lambda frames, labels: (frames, labels, tf.constant(1.0)))
+    return (
+        weighted.concatenate(padding)
+        .batch(batch, drop_remainder=True)
+        .take(steps * (per_worker // batch))
+    )

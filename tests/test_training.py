@@ -237,6 +237,45 @@ def test_resume_continues_from_the_saved_step(data_root, trained_workdir, tmp_pa
         np.testing.assert_allclose(resumed, reference, rtol=1e-4, atol=1e-5)
 
 
+def scalars(run_dir: str, tag: str) -> list[tuple[int, float]]:
+    """Every (step, value) of scalar `tag` in the event files of `run_dir`, in file order."""
+    found = []
+    for path in sorted(tf.io.gfile.glob(os.path.join(run_dir, "events.out.tfevents.*"))):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.tag == tag:
+                    found.append((event.step, float(tf.make_ndarray(value.tensor))))
+    return found
+
+
+def test_a_resumed_epoch_reports_the_whole_epoch_and_logs_each_step_once(
+    data_root, trained_workdir, tmp_path
+):
+    config = load_config(DEMO, tiny_overrides(data_root, "trainer.checkpoint_every_steps=3"))
+    workdir = str(tmp_path / "interrupted")
+    # Killed after step 4 (batch_loss of step 4 logged), resumed from the checkpoint of step 3.
+    with pytest.raises(Interrupt):
+        training.train(config, workdir, callbacks=[InterruptAfter(4)], log=open(os.devnull, "w"))
+    history = keras.callbacks.History()
+    training.train(config, workdir, callbacks=[history], log=open(os.devnull, "w"))
+
+    logs, reference = (os.path.join(path, "logs", "train") for path in (workdir, trained_workdir))
+    steps = [step for step, _ in scalars(logs, "batch_loss")]
+    assert steps == [step for step, _ in scalars(reference, "batch_loss")] == [2, 4, 6, 8]
+    for tag in ("epoch_loss", "epoch_accuracy"):
+        resumed, uninterrupted = scalars(logs, tag), scalars(reference, tag)
+        assert [step for step, _ in resumed] == [0, 1]
+        # Epoch 1 was 3 batches before the kill and 1 after: its metrics cover all 4.
+        np.testing.assert_allclose(
+            [value for _, value in resumed], [value for _, value in uninterrupted], rtol=1e-4
+        )
+    # What fit returns (History) and summary.json say the same.
+    whole_epoch_loss = [value for _, value in scalars(reference, "epoch_loss")]
+    np.testing.assert_allclose(history.history["loss"], whole_epoch_loss, rtol=1e-4)
+    with open(os.path.join(workdir, "summary.json")) as file:
+        np.testing.assert_allclose(json.load(file)["loss"], whole_epoch_loss[-1], rtol=1e-4)
+
+
 def test_workdir_contract(trained_workdir):
     files = sorted(os.listdir(trained_workdir))
     assert files == [

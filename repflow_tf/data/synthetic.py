@@ -113,6 +113,7 @@ def make_synthetic_dataset(
     num_frames: int = 24,
     size: int = 64,
     seed: int = 0,
+    videos_per_shard: int = 64,
     num_workers: int | None = 1,
     log: TextIO | None = sys.stderr,
 ) -> dict[str, str]:
@@ -120,9 +121,9 @@ def make_synthetic_dataset(
     (a split with 0 videos is skipped).
 
     Layout: `<output_dir>/videos/<split>/<class>/<split>_<i>.mp4`, `<output_dir>/<split>.csv`
-    (`path,label`), `<output_dir>/tfrecords/<split>/` (shards + manifest.json). Classes are
-    balanced; frames are `size` x `size`. Re-running reuses existing videos and shards. The
-    defaults take about 30 s on a busy 2-core machine.
+    (`path,label`), `<output_dir>/tfrecords/<split>/` (shards of `videos_per_shard` videos +
+    manifest.json). Classes are balanced; frames are `size` x `size`. Re-running reuses existing
+    videos and shards. The defaults take about 30 s on a busy 2-core machine.
 
     >>> import tempfile
     >>> dirs = make_synthetic_dataset(tempfile.mkdtemp(), num_train=8, num_val=4, log=None)
@@ -157,7 +158,9 @@ def make_synthetic_dataset(
             parse_csv(list_path, class_names=names),
             os.path.join(output_dir, "tfrecords"),
             split,
-            ConvertOptions(short_side=size, min_frames=num_frames, videos_per_shard=64),
+            ConvertOptions(
+                short_side=size, min_frames=num_frames, videos_per_shard=videos_per_shard
+            ),
             num_workers=num_workers,
             seed=seed,
             log=log,
