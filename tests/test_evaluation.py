@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import trained_workdir
+from reference_model import reference_logits
 
 from repflow_tf import data
 from repflow_tf.evaluation import (
@@ -177,7 +178,7 @@ def _reference(workdirs, num_clips):
     logits, labels = [], []
     for frames, label in dataset:
         clips = frames[None] if num_clips == 1 else frames
-        logits.append(trained.model(clips, training=False).numpy())
+        logits.append(reference_logits(trained.model, clips))
         labels.append(int(label))
     return compute_metrics(np.stack(logits), labels, workdirs.class_names)
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import trained_workdir
+from reference_model import reference_logits
 
 from repflow_tf import data
 from repflow_tf.export import (
@@ -240,7 +241,7 @@ def test_fresh_process_without_repflow_tf_matches_keras(background, trained, wor
     inputs, outputs, info = background("fresh")
     assert info["modules"] == []
     for key, frames in inputs.items():
-        expected = trained.model(frames.astype(np.float32), training=False).numpy()
+        expected = reference_logits(trained.model, frames)
         np.testing.assert_allclose(outputs[key + "_logits"], expected, atol=1e-4, err_msg=key)
         np.testing.assert_allclose(
             outputs[key + "_probabilities"], tf.nn.softmax(expected).numpy(), atol=1e-5
@@ -302,9 +303,9 @@ def test_predict_cli(background, export_cli, videos, trained, workdirs):
         probabilities = [item["probability"] for item in entry["top"]]
         assert len(probabilities) == 4 and probabilities == sorted(probabilities, reverse=True)
         assert 0 < sum(probabilities) <= 1 + 1e-6
-        # The same clips through the Keras model.
+        # The same clips through the Keras model, its flow from the NumPy reference.
         clips = sample_clips(data.read_video(entry["video"], short_side=32), pre)
-        logits = trained.model(clips.astype(np.float32), training=False)
+        logits = reference_logits(trained.model, clips)
         expected = tf.nn.softmax(logits).numpy().mean(axis=0)
         for item in entry["top"]:
             index = workdirs.class_names.index(item["class"])
