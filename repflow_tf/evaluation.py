@@ -63,6 +63,7 @@ class EvaluationResult:
         num_videos: videos evaluated.
         clips_per_video: clips per video (K).
         clip_top1, clip_top5: accuracy of single clips.
+        clip_loss: mean cross-entropy of single clips (the training loss, without smoothing).
         video_top1, video_top5: accuracy of the clip-averaged logits.
         per_class_accuracy: video top-1 accuracy of each class (NaN: no video of that class).
         mean_class_accuracy: the mean of `per_class_accuracy` over classes with videos.
@@ -74,6 +75,7 @@ class EvaluationResult:
     clips_per_video: int
     clip_top1: float
     clip_top5: float
+    clip_loss: float
     video_top1: float
     video_top5: float
     per_class_accuracy: tuple[float, ...]
@@ -92,6 +94,7 @@ class EvaluationResult:
             "top_k": min(TOP_K, len(self.class_names)),
             "clip_top1": number(self.clip_top1),
             "clip_top5": number(self.clip_top5),
+            "clip_loss": number(self.clip_loss),
             "video_top1": number(self.video_top1),
             "video_top5": number(self.video_top5),
             "mean_class_accuracy": number(self.mean_class_accuracy),
@@ -126,6 +129,7 @@ class ClassificationMetrics:
         self.num_videos = 0
         self._clip_correct = np.zeros(2, np.int64)  # top-1, top-k
         self._video_correct = np.zeros(2, np.int64)
+        self._clip_loss_sum = 0.0
 
     def update(self, logits: np.ndarray, labels: np.ndarray) -> None:
         """Adds videos: logits (videos, clips, C) or (videos, C) for one clip; labels (videos,)."""
@@ -157,6 +161,7 @@ class ClassificationMetrics:
             counts[0] += correct_at_k(scores, truth, 1).sum()
             counts[1] += correct_at_k(scores, truth, self.top_k).sum()
         np.add.at(self.confusion, (labels, videos.argmax(axis=1)), 1)
+        self._clip_loss_sum += float(_cross_entropy(clips, clip_labels).sum())
         self.num_videos += len(labels)
 
     def result(self, class_names: Sequence[str]) -> EvaluationResult:
@@ -176,12 +181,20 @@ class ClassificationMetrics:
             clips_per_video=self.clips_per_video or 0,
             clip_top1=float(clip[0]),
             clip_top5=float(clip[1]),
+            clip_loss=self._clip_loss_sum / clips if clips else math.nan,
             video_top1=float(video[0]),
             video_top5=float(video[1]),
             per_class_accuracy=tuple(float(a) for a in per_class),
             mean_class_accuracy=float(present.mean()) if present.size else math.nan,
             confusion=self.confusion.copy(),
         )
+
+
+def _cross_entropy(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """-log softmax(logits)[label] per row, stable for large logits."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_norm = np.log(np.exp(shifted).sum(axis=1))
+    return log_norm - shifted[np.arange(len(labels)), labels]
 
 
 def compute_metrics(
@@ -233,6 +246,7 @@ def format_summary(result: EvaluationResult, split: str = "") -> str:
     clip              1.0000  1.0000
     video             1.0000  1.0000
     mean class        1.0000
+    clip loss         0.3133
     per class          top-1  videos
       left            1.0000       1
       right           1.0000       1
@@ -246,6 +260,7 @@ def format_summary(result: EvaluationResult, split: str = "") -> str:
         f"{'clip':<{width}}{result.clip_top1:>8.4f}{result.clip_top5:>8.4f}",
         f"{'video':<{width}}{result.video_top1:>8.4f}{result.video_top5:>8.4f}",
         f"{'mean class':<{width}}{result.mean_class_accuracy:>8.4f}",
+        f"{'clip loss':<{width}}{result.clip_loss:>8.4f}",
         f"{'per class':<{width}}{'top-1':>8}{'videos':>8}",
     ]
     for name, accuracy, count in zip(

@@ -8,6 +8,7 @@ import math
 import os
 import shutil
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -65,6 +66,17 @@ def test_metrics_match_hand_computed_reference():
     assert report["per_class"]["b"] == {"accuracy": None, "videos": 0}
     assert report["per_class"]["a"] == {"accuracy": 0.0, "videos": 1}
     json.dumps(report, allow_nan=False)  # strict JSON
+
+
+def test_clip_loss_is_the_mean_cross_entropy_of_every_clip():
+    logits = np.random.default_rng(0).normal(0, 30, (5, 3, 4))  # large: needs a stable softmax
+    labels = np.array([0, 3, 1, 1, 2])
+    expected = keras.losses.categorical_crossentropy(
+        np.eye(4)[np.repeat(labels, 3)], logits.reshape(15, 4), from_logits=True
+    )
+    result = compute_metrics(logits, labels, ["a", "b", "c", "d"])
+    assert result.clip_loss == pytest.approx(float(np.mean(expected)), rel=1e-5)
+    assert math.isfinite(result.clip_loss) and result.to_json()["clip_loss"] == result.clip_loss
 
 
 def test_top_k_ties_follow_argmax_and_small_class_counts():
@@ -208,6 +220,8 @@ def test_cli_report_matches_direct_computation(cli, workdirs):
         assert metrics["clips_per_video"] == num_clips
         for name in ("clip_top1", "clip_top5", "video_top1", "video_top5"):
             assert metrics[name] == pytest.approx(getattr(reference, name)), name
+        # Continuous, unlike the accuracies: it moves when the flow is computed differently.
+        assert metrics["clip_loss"] == pytest.approx(reference.clip_loss, rel=1e-4)
         assert metrics["per_class"] == json.loads(json.dumps(reference.to_json()["per_class"]))
         with open(os.path.join(report, "confusion.json")) as f:
             assert json.load(f)["matrix"] == reference.confusion.tolist()
