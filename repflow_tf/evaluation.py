@@ -28,7 +28,13 @@ import tensorflow as tf
 
 from repflow_tf import data
 from repflow_tf.data.manifest import write_json_atomic
-from repflow_tf.workdir import LOGS_DIR, TrainedModel, check_data_classes, read_workdir
+from repflow_tf.workdir import (
+    LOGS_DIR,
+    TrainedModel,
+    check_data_classes,
+    eval_dir_name,
+    read_workdir,
+)
 
 TOP_K = 5
 
@@ -449,8 +455,8 @@ def evaluate_workdir(
     )
     paths = write_report(
         result,
-        output_dir or os.path.join(workdir, f"eval_{split}"),
-        log_dir=os.path.join(workdir, LOGS_DIR, f"eval_{split}"),
+        output_dir or os.path.join(workdir, eval_dir_name(split)),
+        log_dir=os.path.join(workdir, LOGS_DIR, eval_dir_name(split)),
         extra={
             "split": split,
             "split_dir": split_dir,

@@ -6,7 +6,8 @@
   `[model]`, `[optimizer]` and `[schedule]` and the same data and trainer values that count
   steps (`_STEP_COUNTING_DATA`, `_STEP_COUNTING_TRAINER`), and keeps this file;
 - `class_names.json`: the training split's class names;
-- `checkpoints/`: model, optimizer (all sub-optimizers), epoch and batch counters, saved every
+- `checkpoints/`: model, optimizer (all sub-optimizers), epoch and batch counters and the
+  current epoch's metric sums (a resumed epoch reports the whole epoch), saved every
   epoch and every `trainer.checkpoint_every_steps` steps; a new run in the same workdir resumes
   from the latest one, skipping the batches already trained on in the current epoch (the
   training data of epoch e is a fixed, seeded sequence, so the resumed run sees what an
@@ -55,15 +56,15 @@ from repflow_tf.config import (
 )
 from repflow_tf.data.manifest import write_json_atomic
 from repflow_tf.workdir import (
+    CHECKPOINT_DIR,
     CLASS_NAMES_FILE,
     CONFIG_FILE,
     LOGS_DIR,
     MODEL_FILE,
+    SUMMARY_FILE,
     write_class_names,
 )
 
-CHECKPOINT_DIR = "checkpoints"
-SUMMARY_FILE = "summary.json"
 # Variables trained at `optimizer.flow_lr_multiplier` x the learning rate (paper, Appendix A).
 FLOW_VARIABLES = ".*representation_flow.*"
 

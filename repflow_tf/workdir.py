@@ -1,7 +1,9 @@
 """The training workdir: file names, and loading the trained model with its config and classes.
 
-A workdir written by training holds `config.toml` (the resolved `ExperimentConfig`),
-`class_names.json` (a JSON list), `model.keras` (the trained Keras model) and `logs/` (TensorBoard).
+This module owns every name in a workdir. Training writes `config.toml` (the resolved
+`ExperimentConfig`), `class_names.json` (a JSON list), `model.keras` (the trained Keras model),
+`checkpoints/` (resumable state), `summary.json` (final metrics) and `logs/` (TensorBoard);
+evaluation writes `eval_<split>/` (reports) and `logs/eval_<split>/`.
 Evaluation and export read it with `read_workdir` (config and class names, checked against each
 other without loading the model, which is slow) and `Workdir.load` (the model, checked against the
 config), or both at once with `load_trained`. A checkpoint of another architecture than the config
@@ -33,6 +35,17 @@ CONFIG_FILE = "config.toml"
 CLASS_NAMES_FILE = "class_names.json"
 MODEL_FILE = "model.keras"
 LOGS_DIR = "logs"
+CHECKPOINT_DIR = "checkpoints"
+SUMMARY_FILE = "summary.json"
+
+
+def eval_dir_name(split: str) -> str:
+    """The workdir's folder (and TensorBoard run under `logs/`) of an evaluation of `split`.
+
+    >>> eval_dir_name("val")
+    'eval_val'
+    """
+    return f"eval_{split}"
 
 
 class WorkdirError(ValueError):
