@@ -10,7 +10,6 @@ See `repflow_tf.benchmarks.layer` for what each cell measures.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 from absl import app, flags
@@ -18,6 +17,8 @@ from absl import app, flags
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from repflow_tf.benchmarks import layer  # noqa: E402
+from repflow_tf.cli import fail, parse_flags  # noqa: E402
+from repflow_tf.fileio import write_json_atomic  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("cases", list(layer.CASES), f"Cases, a subset of {layer.CASES}.")
@@ -31,11 +32,12 @@ flags.DEFINE_string("json_out", None, "Also write every cell's record to this JS
 
 
 def _run(argv):
-    del argv
+    if len(argv) > 1:
+        fail(f"unexpected arguments {argv[1:]}; every option is a --flag")
     for name, allowed in (("cases", layer.CASES), ("impls", layer.IMPLS)):
         unknown = sorted(set(FLAGS[name].value) - set(allowed))
         if unknown:
-            raise app.UsageError(f"--{name} must be a subset of {allowed}. Received: {unknown}")
+            fail(f"--{name} must be a subset of {allowed}. Received: {unknown}")
     settings = layer.Settings(
         cases=tuple(FLAGS.cases),
         impls=tuple(FLAGS.impls),
@@ -53,13 +55,13 @@ def _run(argv):
     print()
     print(layer.report(results, settings))
     if FLAGS.json_out:
-        with open(FLAGS.json_out, "w") as out:
-            json.dump({"settings": dataclasses.asdict(settings), "results": results}, out, indent=2)
+        record = {"settings": dataclasses.asdict(settings), "results": results}
+        write_json_atomic(FLAGS.json_out, record, indent=2)
         print(f"Wrote {FLAGS.json_out}")
 
 
 def main():
-    app.run(_run)
+    app.run(_run, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 
 from repflow_tf import data  # noqa: E402
-from repflow_tf.data.cli import fail, parse_flags  # noqa: E402
+from repflow_tf.cli import fail, parse_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum(

@@ -16,9 +16,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+from repflow_tf.cli import fail, parse_flags  # noqa: E402
 from repflow_tf.config import ConfigError  # noqa: E402
 from repflow_tf.data import DataError  # noqa: E402
-from repflow_tf.data.cli import fail, parse_flags  # noqa: E402
 from repflow_tf.evaluation import evaluate_workdir  # noqa: E402
 from repflow_tf.workdir import WorkdirError, one_line  # noqa: E402
 

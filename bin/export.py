@@ -14,8 +14,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
+from repflow_tf.cli import fail, parse_flags  # noqa: E402
 from repflow_tf.config import ConfigError  # noqa: E402
-from repflow_tf.data.cli import fail, parse_flags  # noqa: E402
 from repflow_tf.export import ExportError, export_trained  # noqa: E402
 from repflow_tf.workdir import WorkdirError, read_workdir  # noqa: E402
 

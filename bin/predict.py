@@ -15,8 +15,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
+from repflow_tf.cli import fail, parse_flags  # noqa: E402
 from repflow_tf.data import DataError  # noqa: E402
-from repflow_tf.data.cli import fail, parse_flags  # noqa: E402
 from repflow_tf.export import (  # noqa: E402
     ExportError,
     format_prediction,

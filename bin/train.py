@@ -20,8 +20,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging  # noqa: E402
 
+from repflow_tf.cli import fail, parse_flags  # noqa: E402
 from repflow_tf.config import PRECISIONS, STRATEGIES, ConfigError, load_config  # noqa: E402
-from repflow_tf.data.cli import fail, parse_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", None, "Experiment TOML file (see configs/).")

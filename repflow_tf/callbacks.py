@@ -20,6 +20,7 @@ import keras
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hparams_api
 
+from repflow_tf.fileio import atomic_output
 from repflow_tf.layers import RepresentationFlow
 from repflow_tf.visualize import flow_channels_to_images
 
@@ -161,7 +162,7 @@ class WholeEpochMetrics(keras.callbacks.Callback):
 class CheckpointCallback(keras.callbacks.Callback):
     """Advances `state` after every batch and epoch and saves a checkpoint every
     `every_steps` steps (0: never) and at the end of every epoch, plus the model as `.keras`
-    (atomically: temporary file + rename) at the end of every epoch when `model_path` is set.
+    (atomically, `repflow_tf.fileio`) at the end of every epoch when `model_path` is set.
 
     `manager` is a `tf.train.CheckpointManager` whose checkpoint holds `state.epoch` and
     `state.batch`. It must be the first callback, so that the others see the advanced state.
@@ -196,7 +197,7 @@ class CheckpointCallback(keras.callbacks.Callback):
 
 
 def save_model_atomic(model: keras.Model, path: str) -> None:
-    """Saves `model` to `path` (`.keras`) through a temporary file and a rename, without its
+    """Saves `model` to `path` (`.keras`) atomically (`repflow_tf.fileio`), without its
     optimizer and compile settings (so loading it needs only `repflow_tf.models`).
 
     >>> import tempfile
@@ -209,9 +210,8 @@ def save_model_atomic(model: keras.Model, path: str) -> None:
     """
     # A functional model over the same graph shares the layers and weights but is not compiled.
     uncompiled = keras.Model(model.input, model.output, name=model.name)
-    temporary = f"{path[: -len('.keras')]}.tmp-{os.getpid()}.keras"
-    uncompiled.save(temporary)
-    os.replace(temporary, path)
+    with atomic_output(path) as temporary:
+        uncompiled.save(temporary)
 
 
 def _format_duration(seconds: float) -> str:

@@ -15,12 +15,14 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
+from repflow_tf.fileio import write_atomic
+from repflow_tf.ops import FLOW_STACKS, validate_gradient
+from repflow_tf.ops import GRADIENTS as FLOW_GRADIENTS
+from repflow_tf.ops import LEARNABLE_GROUPS as FLOW_LEARN_GROUPS
+
 KINDS = ("2d", "2plus1d", "3d")
 DEPTHS = (18, 34, 50)
 FLOW_POSITIONS = ("none", "input", "stem", "block1", "block2", "block3", "block4")
-FLOW_STACKS = ("single", "fof", "fcf")
-FLOW_LEARN_GROUPS = ("sobel", "divergence", "hyper")
-FLOW_GRADIENTS = ("sobel", "central")
 FUSIONS = ("none", "late", "add", "multiply", "layer_multiply", "concat")
 INPUTS = ("rgb", "optical_flow", "rgb+optical_flow")
 INPUT_NORMALIZATIONS = ("imagenet", "symmetric")
@@ -138,7 +140,7 @@ class ModelConfig:
         # Canonical order, so equal configs compare equal (TOML gives lists).
         object.__setattr__(self, "flow_learn", tuple(g for g in FLOW_LEARN_GROUPS if g in learn))
         _check_int("flow_channels", self.flow_channels, 1)
-        _check_choice("flow_gradient", self.flow_gradient, FLOW_GRADIENTS)
+        validate_gradient(self.flow_gradient, "flow_gradient")
         _check_choice("fusion", self.fusion, FUSIONS)
         _check_choice("inputs", self.inputs, INPUTS)
         if (
@@ -533,8 +535,5 @@ def config_to_toml(config: ExperimentConfig) -> str:
 
 
 def save_config(config: ExperimentConfig, path: str) -> None:
-    """Writes the resolved config atomically (temporary file + rename)."""
-    temporary = f"{path}.tmp"
-    with open(temporary, "w", encoding="utf-8") as file:
-        file.write(config_to_toml(config))
-    os.replace(temporary, path)
+    """Writes the resolved config atomically and durably (`repflow_tf.fileio`)."""
+    write_atomic(path, config_to_toml(config))

@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from repflow_tf import data
-from repflow_tf.data.manifest import write_json_atomic
+from repflow_tf.fileio import write_json_atomic
 from repflow_tf.workdir import (
     LOGS_DIR,
     TrainedModel,

@@ -32,6 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from repflow_tf import data
+from repflow_tf.fileio import replace_directory, write_atomic, write_json_atomic
 from repflow_tf.workdir import TrainedModel, Workdir, one_line
 
 SIGNATURE = "serving_default"
@@ -221,19 +222,12 @@ def export_model(
         archive.write_out(temporary, verbose=False)
         assets = os.path.join(temporary, ASSETS_DIR)
         os.makedirs(assets, exist_ok=True)
-        with open(os.path.join(assets, CLASS_NAMES_ASSET), "w", encoding="utf-8") as file:
-            file.write("".join(f"{name}\n" for name in class_names))
-        with open(os.path.join(assets, PREPROCESSING_ASSET), "w", encoding="utf-8") as file:
-            json.dump(metadata["preprocessing"], file, indent=1)
-            file.write("\n")
+        write_atomic(
+            os.path.join(assets, CLASS_NAMES_ASSET), "".join(f"{name}\n" for name in class_names)
+        )
+        write_json_atomic(os.path.join(assets, PREPROCESSING_ASSET), metadata["preprocessing"])
         _check_output(output_dir, overwrite)  # again: it may have appeared meanwhile
-        if os.path.isdir(output_dir):
-            old = f"{output_dir}.old-{os.getpid()}"
-            os.replace(output_dir, old)
-            os.replace(temporary, output_dir)
-            shutil.rmtree(old)
-        else:
-            os.replace(temporary, output_dir)
+        replace_directory(temporary, output_dir)
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
     return output_dir

@@ -54,7 +54,7 @@ from repflow_tf.config import (
     load_config,
     save_config,
 )
-from repflow_tf.data.manifest import write_json_atomic
+from repflow_tf.fileio import write_json_atomic
 from repflow_tf.workdir import (
     CHECKPOINT_DIR,
     CLASS_NAMES_FILE,

@@ -30,6 +30,7 @@ import keras
 from repflow_tf import models
 from repflow_tf.config import ExperimentConfig, ModelConfig, load_config
 from repflow_tf.data import Manifest
+from repflow_tf.fileio import write_json_atomic
 
 CONFIG_FILE = "config.toml"
 CLASS_NAMES_FILE = "class_names.json"
@@ -127,12 +128,8 @@ def read_class_names(path: str) -> tuple[str, ...]:
 
 
 def write_class_names(path: str, class_names: Sequence[str]) -> None:
-    """Writes the class names as a JSON list (atomically: temporary file + rename)."""
-    temporary = f"{path}.tmp-{os.getpid()}"
-    with open(temporary, "w", encoding="utf-8") as file:
-        json.dump(list(class_names), file, indent=1)
-        file.write("\n")
-    os.replace(temporary, path)
+    """Writes the class names as a JSON list, atomically and durably (`repflow_tf.fileio`)."""
+    write_json_atomic(path, list(class_names))
 
 
 def one_line(error: BaseException, limit: int = 200) -> str:

@@ -31,12 +31,12 @@ from repflow_tf.data.manifest import (
     Manifest,
     Rejection,
     ShardInfo,
-    write_json_atomic,
     write_manifest,
 )
 from repflow_tf.data.schema import make_sequence_example, shard_glob, shard_name
 from repflow_tf.data.splits import SplitList, VideoEntry
 from repflow_tf.data.video import VideoDecodeError, iter_frames
+from repflow_tf.fileio import commit_file, write_json_atomic
 
 _STATE_DIR = ".convert"
 
@@ -160,7 +160,7 @@ def _write_shard(job: _ShardJob, tick: Callable[[bool], None]) -> dict[str, Any]
     }
     # State first, shard last: an existing shard file always has its state record.
     write_json_atomic(job.state_path, state)
-    tf.io.gfile.rename(temporary, job.path, overwrite=True)
+    commit_file(temporary, job.path)
     return state
 
 

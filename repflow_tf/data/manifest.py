@@ -1,6 +1,6 @@
 """The per-split manifest: class names, counts, rejected videos and records per shard.
 
-The converter writes `<split_dir>/manifest.json` atomically (temporary file + rename); the reader
+The converter writes `<split_dir>/manifest.json` atomically (`repflow_tf.fileio`); the reader
 uses it to find the shards and to check that each shard still holds the records it was written with.
 """
 
@@ -14,6 +14,7 @@ from typing import Any
 import tensorflow as tf
 
 from repflow_tf.data.schema import MANIFEST_NAME, DataError
+from repflow_tf.fileio import write_json_atomic
 
 FORMAT = "repflow_tf.video/1"
 
@@ -85,15 +86,6 @@ class Manifest:
 def manifest_path(path: str) -> str:
     """`path` itself if it names a file, else `<path>/manifest.json`."""
     return os.path.join(path, MANIFEST_NAME) if tf.io.gfile.isdir(path) else path
-
-
-def write_json_atomic(path: str, content: Any) -> None:
-    """Writes JSON to `path` through a temporary file and a rename, so readers never see half."""
-    temporary = f"{path}.tmp-{os.getpid()}"
-    with tf.io.gfile.GFile(temporary, "w") as f:
-        json.dump(content, f, indent=1, sort_keys=False)
-        f.write("\n")
-    tf.io.gfile.rename(temporary, path, overwrite=True)
 
 
 def write_manifest(manifest: Manifest, directory: str) -> str:

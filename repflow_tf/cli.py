@@ -1,4 +1,4 @@
-"""Command-line helpers shared by the data scripts in bin/: one-line errors, exit status 2."""
+"""Command-line plumbing shared by every script in bin/: one-line errors, exit status 2."""
 
 from __future__ import annotations
 
