@@ -24,24 +24,33 @@ from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
 from tensorflow.python.eager import context, record
 
 EPSILON = 1e-12
-GRADIENTS = ("sobel", "central")
-# Learnable groups of the paper's Table 2: image-gradient kernels, div / ∇u kernels, θ λ τ.
-LEARNABLE_GROUPS = ("sobel", "divergence", "hyper")
-
-# Correlation kernels of the positive x derivative; the y kernels are their transposes.
-_X_GRADIENT_TAPS = {
-    "sobel": np.array([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 8.0,
-    "central": np.array([[-0.5, 0.0, 0.5]]),
-}
-_DIFFERENCE_TAPS = np.array([[-1.0, 1.0]])
 # Height and width axes of (..., H, W, C) tensors: (N, H, W, C) frames and the (2, N, H, W, C)
 # stacks of both flow components the iteration works on.
 _Y, _X = -3, -2
 
+# === Option names ===
 
-def _validate_gradient(gradient: str) -> None:
+# The one definition of each option's choices: layers.py and config.py take them from here
+# (ops imports neither of them).
+GRADIENTS = ("sobel", "central")
+# Learnable groups of the paper's Table 2: image-gradient kernels, div / ∇u kernels, θ λ τ.
+LEARNABLE_GROUPS = ("sobel", "divergence", "hyper")
+# Flow stacks of the paper's Table 5 (`layers.flow_stack`): one flow block, flow-of-flow,
+# flow-conv-flow.
+FLOW_STACKS = ("single", "fof", "fcf")
+
+
+def validate_gradient(gradient: str, name: str = "gradient") -> str:
+    """Returns `gradient` if it is one of GRADIENTS, else raises a ValueError naming `name`.
+
+    >>> validate_gradient("prewitt")
+    Traceback (most recent call last):
+    ...
+    ValueError: `gradient` must be one of ('sobel', 'central'). Received: gradient='prewitt'
+    """
     if gradient not in GRADIENTS:
-        raise ValueError(f"`gradient` must be one of {GRADIENTS}. Received: gradient={gradient!r}")
+        raise ValueError(f"`{name}` must be one of {GRADIENTS}. Received: {name}={gradient!r}")
+    return gradient
 
 
 def validate_learn(learn: str | Iterable[str] | None) -> tuple[str, ...]:
@@ -58,6 +67,16 @@ def validate_learn(learn: str | Iterable[str] | None) -> tuple[str, ...]:
     return tuple(group for group in LEARNABLE_GROUPS if group in learn)
 
 
+# === Default kernels ===
+
+# Correlation kernels of the positive x derivative; the y kernels are their transposes.
+_X_GRADIENT_TAPS = {
+    "sobel": np.array([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 8.0,
+    "central": np.array([[-0.5, 0.0, 0.5]]),
+}
+_DIFFERENCE_TAPS = np.array([[-1.0, 1.0]])
+
+
 def _depthwise(taps: np.ndarray, channels: int) -> np.ndarray:
     """Repeats a 2-D tap array over channels as a depthwise filter (kh, kw, channels, 1)."""
     return np.repeat(taps[:, :, None, None], channels, axis=2).astype("float32")
@@ -70,7 +89,7 @@ def image_gradient_kernels(gradient: str, channels: int) -> tuple[np.ndarray, np
     >>> kx.shape, ky.shape
     ((3, 3, 4, 1), (3, 3, 4, 1))
     """
-    _validate_gradient(gradient)
+    validate_gradient(gradient)
     taps = _X_GRADIENT_TAPS[gradient]
     return _depthwise(taps, channels), _depthwise(taps.T, channels)
 
@@ -827,7 +846,7 @@ def tvl1_flow(
     TensorShape([1, 16, 16, 1])
     """
     validate_num_iter(num_iter)
-    _validate_gradient(gradient)
+    validate_gradient(gradient)
     for name, value in (("theta", theta), ("lambda_", lambda_), ("tau", tau)):
         if not value > 0:
             raise ValueError(f"`{name}` must be positive. Received: {name}={value!r}")

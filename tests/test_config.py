@@ -1,10 +1,15 @@
 """Experiment configs: TOML round trip, overrides, and errors naming the file and the key."""
 
+import re
+
 import pytest
 
+from repflow_tf import config as config_lib
+from repflow_tf import ops
 from repflow_tf.config import (
     ConfigError,
     ExperimentConfig,
+    ModelConfig,
     config_to_toml,
     load_config,
     save_config,
@@ -80,3 +85,16 @@ def test_override_errors_name_the_override(tmp_path):
         load_config(str(path), ["epochs=3"])
     with pytest.raises(ConfigError, match=r"missing\.toml: config file not found"):
         load_config(str(tmp_path / "missing.toml"))
+
+
+def test_flow_options_are_the_flow_layers_own():
+    # One definition each (ops); the config accepts exactly what the flow layers accept.
+    assert config_lib.FLOW_GRADIENTS is ops.GRADIENTS
+    assert config_lib.FLOW_LEARN_GROUPS is ops.LEARNABLE_GROUPS
+    assert config_lib.FLOW_STACKS is ops.FLOW_STACKS
+    message = "`flow_gradient` must be one of ('sobel', 'central'). Received: flow_gradient=True"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ModelConfig(flow_gradient=True)
+    with pytest.raises(ValueError, match=re.escape(message.replace("flow_gradient", "gradient"))):
+        ops.validate_gradient(True)
+    assert ops.validate_gradient("central") == "central"
