@@ -36,6 +36,8 @@ from repflow_tf.workdir import (
     read_workdir,
 )
 
+# Top-k accuracy (evaluation) and the classes `repflow-predict` lists (export): k = 5, as in
+# the paper and Kinetics; fewer classes make it top-all.
 TOP_K = 5
 
 

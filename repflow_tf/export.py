@@ -32,6 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from repflow_tf import data
+from repflow_tf.evaluation import TOP_K
 from repflow_tf.fileio import replace_directory, write_atomic, write_json_atomic
 from repflow_tf.workdir import TrainedModel, Workdir, one_line
 
@@ -41,7 +42,6 @@ ASSETS_DIR = "assets"
 CLASS_NAMES_ASSET = "class_names.txt"
 PREPROCESSING_ASSET = "preprocessing.json"
 INPUT_NAME = "frames"
-TOP_K = 5
 
 
 class ExportError(ValueError):
@@ -63,6 +63,9 @@ class Preprocessing:
         short_side: resize videos so the shorter side has this size before cropping (the
             conversion's size, so that objects have the scale seen in training); None: keep.
         fps: resample videos to this frame rate (None: keep every frame).
+        jpeg_quality: the JPEG quality the training data was stored at; prediction encodes and
+            decodes the sampled frames at it, so that served pixels are training pixels (None:
+            no round trip, e.g. for exports written before it was recorded).
         min_frames: the fewest frames the signature accepts per clip (each flow layer uses
             two frames to make one).
 
@@ -76,6 +79,7 @@ class Preprocessing:
     num_clips: int = 1
     short_side: int | None = 128
     fps: float | None = None
+    jpeg_quality: int | None = None
     min_frames: int = 2
 
     def to_json(self) -> dict[str, Any]:
@@ -105,7 +109,7 @@ def preprocessing_for(trained: Workdir) -> Preprocessing:
     crop size, all frames)."""
     config = trained.config.data
     short_side: int | None = config.crop_size
-    fps = None
+    fps = jpeg_quality = None
     try:
         manifest = data.load_manifest(config.split_dir(config.val_split))
     except data.DataError:
@@ -113,6 +117,7 @@ def preprocessing_for(trained: Workdir) -> Preprocessing:
     else:
         short_side = manifest.options.get("short_side", short_side)
         fps = manifest.options.get("fps")
+        jpeg_quality = manifest.options.get("jpeg_quality")
     return Preprocessing(
         num_frames=config.num_frames,
         stride=config.stride,
@@ -120,6 +125,7 @@ def preprocessing_for(trained: Workdir) -> Preprocessing:
         num_clips=config.eval_clips,
         short_side=short_side,
         fps=fps,
+        jpeg_quality=jpeg_quality,
         min_frames=1 + trained.config.model.flow_layers,
     )
 
@@ -328,48 +334,36 @@ def load_exported(path: str) -> ExportedModel:
     return ExportedModel(path, class_names, preprocessing, loaded)
 
 
-def clip_starts(num_video_frames: int, preprocessing: Preprocessing, num_clips: int) -> np.ndarray:
-    """First frame of each of `num_clips` clips: evenly spaced from the first to the last
-    possible start (the centre one when `num_clips` is 1), as in evaluation.
-
-    >>> clip_starts(100, Preprocessing(num_frames=16, stride=2), 3).tolist()
-    [0, 34, 69]
-    """
-    span = (preprocessing.num_frames - 1) * preprocessing.stride + 1
-    last = max(num_video_frames - span, 0)
-    if num_clips == 1:
-        return np.array([last // 2])
-    return np.round(np.linspace(0.0, last, num_clips)).astype(np.int64)
-
-
 def sample_clips(
     video: np.ndarray, preprocessing: Preprocessing, num_clips: int | None = None
 ) -> np.ndarray:
-    """Clips `(num_clips, num_frames, crop, crop, 3)` uint8 from a video `(T, H, W, 3)`.
-
-    Clips start at `clip_starts`, take every `stride`-th frame and loop videos that are too
-    short; frames get a centre `crop_size` square (resized up when a side is smaller), like the
-    evaluation pipeline. Resizing to `short_side` happens while decoding (`read_video`).
+    """Clips `(num_clips, num_frames, crop, crop, 3)` uint8 from a video `(T, H, W, 3)`, sampled
+    as the evaluation pipeline samples converted videos, with the same functions: starts from
+    `data.evaluation_starts`, frames `stride` apart looping short videos (`data.clip_indices`),
+    the JPEG round trip of the conversion (`preprocessing.jpeg_quality`), the centre crop
+    (`data.centre_window`) resized to `crop_size`. Resizing to `short_side` happens while
+    decoding (`read_video`).
 
     >>> video = np.zeros((5, 40, 60, 3), np.uint8)
     >>> sample_clips(video, Preprocessing(num_frames=8, crop_size=32), num_clips=2).shape
     (2, 8, 32, 32, 3)
     """
     num_clips = num_clips or preprocessing.num_clips
-    starts = clip_starts(len(video), preprocessing, num_clips)
-    offsets = np.arange(preprocessing.num_frames) * preprocessing.stride
-    indices = (starts[:, None] + offsets[None, :]) % len(video)
-    height, width = video.shape[1:3]
-    size = preprocessing.crop_size
-    side = min(size, height, width)
-    top, left = (height - side) // 2, (width - side) // 2
-    clips = video[indices, top : top + side, left : left + side]
+    num_frames, stride, size = (
+        preprocessing.num_frames,
+        preprocessing.stride,
+        preprocessing.crop_size,
+    )
+    starts = data.evaluation_starts(len(video), num_frames, stride, num_clips)
+    frames = video[data.clip_indices(len(video), starts, num_frames, stride).numpy()]
+    if preprocessing.jpeg_quality is not None:
+        frames = data.jpeg_round_trip(frames, preprocessing.jpeg_quality)
+    top, left, side, _ = data.centre_window(*video.shape[1:3], size).numpy().tolist()
+    frames = frames[:, top : top + side, left : left + side]
     if side != size:
-        flat = clips.reshape(-1, side, side, 3)
-        resized = tf.image.resize(flat, [size, size]).numpy()
-        clips = np.clip(np.round(resized), 0, 255).astype(np.uint8)
-        clips = clips.reshape(num_clips, preprocessing.num_frames, size, size, 3)
-    return clips
+        resized = tf.image.resize(frames, [size, size]).numpy()
+        frames = np.clip(np.round(resized), 0, 255).astype(np.uint8)
+    return frames.reshape(num_clips, num_frames, size, size, 3)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -222,6 +223,27 @@ def test_sample_clips_indices_loop_and_crop():
     assert sample_clips(marked[:, :20, :30], pre, 1).shape == (1, 4, 32, 32, 3)
 
 
+@pytest.mark.parametrize("crop_size", [40, 56])  # inside the 48-pixel short side, and beyond
+def test_prediction_samples_the_clips_the_training_reader_gives(tmp_path, crop_size):
+    """No train/serve skew: a real video through conversion and the evaluation reader, and the
+    same video through predict's decoding and sampling, give the same clips to 1 grey level."""
+    split = data.SplitList(entries=(data.VideoEntry(REAL_VIDEO, "car"),), class_names=("car",))
+    options = data.ConvertOptions(short_side=48, jpeg_quality=75)
+    data.convert_split(split, str(tmp_path), "val", options, num_workers=1, log=None)
+    sampling = dict(num_frames=6, stride=7, crop_size=crop_size, num_clips=3)
+    reader = data.video_dataset(str(tmp_path / "val"), training=False, **sampling)
+    trained_on = next(iter(reader))[0].numpy()
+    pre = Preprocessing(**sampling, short_side=48, jpeg_quality=75)
+    served = sample_clips(data.read_video(REAL_VIDEO, short_side=48), pre).astype(np.float32)
+    assert served.shape == trained_on.shape == (3, 6, crop_size, crop_size, 3)
+    assert np.max(np.abs(served - trained_on)) <= 1.0
+    # The JPEG round trip is what makes them agree: without it they differ visibly.
+    raw = sample_clips(
+        data.read_video(REAL_VIDEO, short_side=48), dataclasses.replace(pre, jpeg_quality=None)
+    )
+    assert np.max(np.abs(raw - trained_on)) > 4
+
+
 @pytest.mark.slow
 def test_the_tested_model_depends_on_its_flow_path(trained, workdirs):
     """With the flow blocks closed (identity), the logits change: the comparisons below would
@@ -254,6 +276,7 @@ def test_fresh_process_without_repflow_tf_matches_keras(background, trained, wor
         "num_clips": 2,
         "short_side": 32,  # the conversion's, from the validation split's manifest
         "fps": None,
+        "jpeg_quality": 90,  # also the conversion's: predict applies the same JPEG round trip
         "min_frames": 2,
     }
     assert "shape=(None, None, 32, 32, 3), dtype=tf.uint8, name='frames'" in info["inputs"]
@@ -298,7 +321,7 @@ def test_predict_cli(background, export_cli, videos, trained, workdirs):
     assert [entry["video"] for entry in entries] == [
         videos[name] for name in ("real", "missing", "synthetic", "corrupt")
     ]
-    pre = Preprocessing(num_frames=4, crop_size=32, num_clips=2, short_side=32)
+    pre = Preprocessing(num_frames=4, crop_size=32, num_clips=2, short_side=32, jpeg_quality=90)
     for entry in (entries[0], entries[2]):
         probabilities = [item["probability"] for item in entry["top"]]
         assert len(probabilities) == 4 and probabilities == sorted(probabilities, reverse=True)

@@ -9,11 +9,20 @@ from repflow_tf.data.convert import (
     ConvertOptions,
     convert_dataset,
     convert_split,
+    encode_frame,
     encode_video,
+    jpeg_round_trip,
     report_rejections,
 )
 from repflow_tf.data.manifest import Manifest, Rejection, ShardInfo, load_manifest
-from repflow_tf.data.pipeline import FRAME_RANGE, list_shards, video_dataset
+from repflow_tf.data.pipeline import (
+    FRAME_RANGE,
+    centre_window,
+    clip_indices,
+    evaluation_starts,
+    list_shards,
+    video_dataset,
+)
 from repflow_tf.data.schema import (
     FILENAME_KEY,
     IMAGE_KEY,
@@ -58,9 +67,14 @@ __all__ = [
     "class_names",
     "convert_dataset",
     "convert_split",
+    "encode_frame",
     "encode_video",
+    "jpeg_round_trip",
     "iter_frames",
     "list_shards",
+    "centre_window",
+    "clip_indices",
+    "evaluation_starts",
     "load_manifest",
     "make_sequence_example",
     "make_synthetic_dataset",

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
+import numpy as np
 import tensorflow as tf
 
 from repflow_tf.data.manifest import (
@@ -96,6 +97,25 @@ class _ShardJob:
         return os.path.join(self.directory, _STATE_DIR, self.file + ".json")
 
 
+def encode_frame(frame: np.ndarray, quality: int) -> bytes:
+    """One (H, W, 3) uint8 frame as the JPEG bytes a shard stores."""
+    return tf.io.encode_jpeg(frame, quality=quality).numpy()
+
+
+def jpeg_round_trip(frames: np.ndarray, quality: int) -> np.ndarray:
+    """(T, H, W, 3) uint8 frames as the training reader sees them after conversion at
+    `quality`: encoded (`encode_frame`) and decoded again. Prediction applies it so that served
+    pixels match the training pixels.
+
+    >>> frames = np.full((2, 8, 8, 3), 100, np.uint8)
+    >>> jpeg_round_trip(frames, 90).shape
+    (2, 8, 8, 3)
+    """
+    return np.stack(
+        [tf.io.decode_jpeg(encode_frame(frame, quality), channels=3).numpy() for frame in frames]
+    )
+
+
 def encode_video(entry: VideoEntry, label_index: int, options: ConvertOptions) -> tuple[bytes, int]:
     """Decodes, resizes and JPEG-encodes one video into a serialised SequenceExample.
 
@@ -111,7 +131,7 @@ def encode_video(entry: VideoEntry, label_index: int, options: ConvertOptions) -
     20
     """
     encoded = [
-        tf.io.encode_jpeg(frame, quality=options.jpeg_quality).numpy()
+        encode_frame(frame, options.jpeg_quality)
         for frame in iter_frames(entry.path, short_side=options.short_side, fps=options.fps)
     ]
     if len(encoded) < options.min_frames:

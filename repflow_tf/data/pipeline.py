@@ -160,15 +160,47 @@ def _message(*parts: str | tf.Tensor) -> tf.Tensor:
     )
 
 
-def _clip_indices(
+def clip_indices(
     length: tf.Tensor,
     starts: tf.Tensor,
     num_frames: int,
     stride: int,
 ) -> tf.Tensor:
-    """Frame indices (len(starts) * num_frames,) of clips at `starts`, looping short videos."""
+    """Frame indices (len(starts) * num_frames,) of clips at `starts`, looping short videos.
+
+    >>> clip_indices(5, tf.constant([0, 3]), num_frames=3, stride=2).numpy().tolist()
+    [0, 2, 4, 3, 0, 2]
+    """
     offsets = tf.range(num_frames, dtype=tf.int32) * stride
     return tf.reshape((starts[:, None] + offsets[None, :]) % length, [-1])
+
+
+def evaluation_starts(
+    length: tf.Tensor, num_frames: int, stride: int, num_clips: int | None
+) -> tf.Tensor:
+    """First frames of the evaluation clips: the centre clip (`num_clips` None or 1), or
+    `num_clips` evenly spaced from the first to the last possible start. Prediction samples
+    with this same function (`repflow_tf.export.sample_clips`).
+
+    >>> evaluation_starts(100, num_frames=16, stride=2, num_clips=3).numpy().tolist()
+    [0, 34, 69]
+    """
+    max_start = tf.maximum(tf.cast(length, tf.int32) - (num_frames - 1) * stride - 1, 0)
+    if num_clips is None or num_clips == 1:
+        return tf.reshape(max_start // 2, [1])
+    spaced = tf.linspace(0.0, tf.cast(max_start, tf.float32), num_clips)
+    return tf.cast(tf.round(spaced), tf.int32)
+
+
+def centre_window(height: tf.Tensor, width: tf.Tensor, crop_size: int) -> tf.Tensor:
+    """The evaluation crop [y, x, side, side]: the centre square of `crop_size` (smaller when a
+    side is smaller; the crop is then resized up to `crop_size`).
+
+    >>> centre_window(40, 60, 32).numpy().tolist()
+    [4, 14, 32, 32]
+    """
+    side = tf.minimum(crop_size, tf.minimum(height, width))
+    return tf.stack([(height - side) // 2, (width - side) // 2, side, side])
 
 
 def _crop_window(
@@ -304,12 +336,9 @@ def video_dataset(
         sample_seed, crop_seed = tf.unstack(tf.random.experimental.stateless_split(seed_pair, 2))
         if training:
             starts = tf.random.stateless_uniform([1], sample_seed, 0, max_start + 1, dtype=tf.int32)
-        elif num_clips is None:
-            starts = tf.reshape(max_start // 2, [1])
         else:
-            spaced = tf.linspace(0.0, tf.cast(max_start, tf.float32), num_clips)
-            starts = tf.cast(tf.round(spaced), tf.int32)
-        indices = _clip_indices(length, starts, num_frames, stride)
+            starts = evaluation_starts(length, num_frames, stride, num_clips)
+        indices = clip_indices(length, starts, num_frames, stride)
         return tf.gather(record["frames"], indices), record["label"], crop_seed
 
     def decode(encoded: tf.Tensor, label: tf.Tensor, crop_seed: tf.Tensor):
@@ -318,8 +347,7 @@ def video_dataset(
         if training:
             window = _crop_window(height, width, crop_seed, area_range, aspect_ratio_range)
         else:
-            side = tf.minimum(crop_size, tf.minimum(height, width))
-            window = tf.stack([(height - side) // 2, (width - side) // 2, side, side])
+            window = centre_window(height, width, crop_size)
         frames = tf.map_fn(
             lambda jpeg: tf.image.decode_and_crop_jpeg(jpeg, window, channels=3),
             encoded,
