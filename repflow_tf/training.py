@@ -452,11 +452,74 @@ def train(
         result = train(config, "runs/demo")
         print(result.summary["val_accuracy"])
     """
-    runtime = config.runtime
-    strategy = make_strategy(runtime.strategy)  # first: multi-worker must precede other TF ops
-    multi_worker = runtime.strategy == "multi_worker"
+    strategy = make_strategy(config.runtime.strategy)  # first: multi-worker precedes other TF ops
     chief = is_chief(strategy)
-    replicas = strategy.num_replicas_in_sync
+    _check_setup(config, strategy.num_replicas_in_sync)
+    _check_workdir(config, workdir)
+    splits = prepare_data(config, chief=chief)
+    steps_per_epoch = _steps_per_epoch(config, splits)
+
+    previous_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(config.runtime.precision)
+    keras.utils.set_random_seed(config.runtime.seed)
+    checkpoint_dir = os.path.join(workdir, CHECKPOINT_DIR)
+    own_dir = checkpoint_dir if chief else tempfile.mkdtemp(prefix="repflow_worker_")
+    try:
+        with strategy.scope():
+            model, optimizer, parts = _build_model_and_optimizer(config, strategy, steps_per_epoch)
+        state = TrainingState(steps_per_epoch, config.trainer.epochs)
+        checkpoint = _checkpoint(model, optimizer, parts, state, checkpoint_dir)
+        manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=3)
+        restored = _restore(checkpoint, manager)
+        if chief:  # only now: nothing is written before every check has passed
+            _write_run_files(config, workdir, splits["class_names"])
+            if restored:
+                print(
+                    f"resumed from {restored}: epoch {int(state.epoch) + 1}, "
+                    f"{int(state.batch)} of {steps_per_epoch} batches done",
+                    file=log,
+                    flush=True,
+                )
+        else:
+            manager = tf.train.CheckpointManager(checkpoint, own_dir, max_to_keep=3)
+        epoch_metrics = WholeEpochMetrics(state)
+        built_in = [
+            epoch_metrics,
+            CheckpointCallback(
+                state,
+                manager,
+                config.trainer.checkpoint_every_steps,
+                os.path.join(workdir, MODEL_FILE) if chief else None,
+            ),
+        ]
+        if chief:
+            built_in += _chief_callbacks(config, workdir, state, model, parts, splits, log)
+
+        start, start_step = time.monotonic(), state.global_step
+        run = _custom_loop if config.runtime.strategy == "multi_worker" else _fit
+        run(model, optimizer, strategy, config, splits, state, [*built_in, *callbacks])
+        summary = {
+            **{key: float(value) for key, value in epoch_metrics.epoch_logs.items()},
+            "epochs": int(state.epoch),
+            "steps": state.global_step,
+            "steps_this_run": state.global_step - start_step,
+            "wall_time_s": round(time.monotonic() - start, 1),
+            "strategy": config.runtime.strategy,
+            "replicas": strategy.num_replicas_in_sync,
+            "precision": config.runtime.precision,
+            "workdir": workdir,
+        }
+        if chief:
+            _write_summary(workdir, summary, epoch_metrics.epoch_logs, log)
+        return TrainingResult(model, summary)
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+        if not chief:
+            shutil.rmtree(own_dir, ignore_errors=True)
+
+
+def _check_setup(config: ExperimentConfig, replicas: int) -> None:
+    """Refuses what training cannot do with this config, before anything is built."""
     if config.model.inputs != "rgb":
         raise TrainingError(
             f"model.inputs={config.model.inputs!r}: training reads RGB clips only "
@@ -465,141 +528,108 @@ def train(
     if config.data.batch_size % replicas:
         raise TrainingError(
             f"data.batch_size={config.data.batch_size} is not divisible by the "
-            f"{replicas} replicas of --strategy={runtime.strategy}"
+            f"{replicas} replicas of --strategy={config.runtime.strategy}"
         )
-    _check_workdir(config, workdir)
-    splits = prepare_data(config, chief=chief)
-    steps_per_epoch = (
-        config.trainer.steps_per_epoch or splits["num_train"] // config.data.batch_size
-    )
-    if steps_per_epoch < 1:
+
+
+def _steps_per_epoch(config: ExperimentConfig, splits: dict) -> int:
+    steps = config.trainer.steps_per_epoch or splits["num_train"] // config.data.batch_size
+    if steps < 1:
         raise TrainingError(
             f"{splits['train']}: {splits['num_train']} training videos, fewer than "
             f"data.batch_size={config.data.batch_size}"
         )
+    return steps
 
-    previous_policy = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(runtime.precision)
-    keras.utils.set_random_seed(runtime.seed)
-    checkpoint_dir = os.path.join(workdir, CHECKPOINT_DIR)
-    own_dir = checkpoint_dir if chief else tempfile.mkdtemp(prefix="repflow_worker_")
-    try:
-        model_config = config.model
-        if replicas > 1 or multi_worker:
-            model_config = dataclasses.replace(model_config, synchronized_bn=True)
-        with strategy.scope():
-            model = models.build(model_config)
-            optimizer, parts = build_optimizer(config, steps_per_epoch)
-            loss = keras.losses.CategoricalCrossentropy(
+
+def _build_model_and_optimizer(config: ExperimentConfig, strategy, steps_per_epoch: int):
+    """The model (synchronized batch norm over several replicas) and its built optimizer,
+    compiled for `model.fit` unless multi-worker; call inside `strategy.scope()`.
+
+    Returns (model, optimizer, sub-optimizers by name)."""
+    runtime = config.runtime
+    multi_worker = runtime.strategy == "multi_worker"
+    model_config = config.model
+    if strategy.num_replicas_in_sync > 1 or multi_worker:
+        model_config = dataclasses.replace(model_config, synchronized_bn=True)
+    model = models.build(model_config)
+    optimizer, parts = build_optimizer(config, steps_per_epoch)
+    if multi_worker:
+        if runtime.precision == "mixed_float16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    else:
+        # Under mixed_float16, compile wraps the optimizer in a LossScaleOptimizer.
+        model.compile(
+            optimizer,
+            keras.losses.CategoricalCrossentropy(
                 from_logits=True, label_smoothing=config.optimizer.label_smoothing
-            )
-            if multi_worker:
-                if runtime.precision == "mixed_float16":
-                    optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-            else:
-                # Under mixed_float16, compile wraps the optimizer in a LossScaleOptimizer.
-                model.compile(
-                    optimizer,
-                    loss,
-                    metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
-                    jit_compile=runtime.jit_compile,
-                )
-                optimizer = model.optimizer
-            # Built now, so that a restore finds every slot variable.
-            optimizer.build(model.trainable_variables)
-        state = TrainingState(steps_per_epoch, config.trainer.epochs)
-        # tf.train.Checkpoint misses the sub-optimizers of a MultiOptimizer and the states of
-        # the Keras seed generators (dropout): add them explicitly.
-        seed_states = [v.value for v in model.non_trainable_variables if "seed_generator" in v.path]
-        checkpoint = tf.train.Checkpoint(
-            model=model,
-            optimizer=optimizer,
-            **{f"{name}_optimizer": part for name, part in parts.items()},
-            random=tf.train.Checkpoint(**{f"seed_{i}": v for i, v in enumerate(seed_states)}),
-            epoch=state.epoch,
-            batch=state.batch,
-            **_metric_sums(state, tf.train.latest_checkpoint(checkpoint_dir)),
-        )
-        manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=3)
-        restored = _restore(checkpoint, manager)
-        if not chief:
-            manager = tf.train.CheckpointManager(checkpoint, own_dir, max_to_keep=3)
-        if chief:  # only now: nothing is written before every check has passed
-            os.makedirs(workdir, exist_ok=True)
-            if not os.path.exists(os.path.join(workdir, CONFIG_FILE)):  # a resume keeps its own
-                save_config(config, os.path.join(workdir, CONFIG_FILE))
-            write_class_names(os.path.join(workdir, CLASS_NAMES_FILE), splits["class_names"])
-        if restored and chief:
-            print(
-                f"resumed from {restored}: epoch {int(state.epoch) + 1}, "
-                f"{int(state.batch)} of {steps_per_epoch} batches done",
-                file=log,
-                flush=True,
-            )
-
-        trainer = config.trainer
-        epoch_metrics = WholeEpochMetrics(state)
-        built_in = [
-            epoch_metrics,
-            CheckpointCallback(
-                state,
-                manager,
-                trainer.checkpoint_every_steps,
-                os.path.join(workdir, MODEL_FILE) if chief else None,
             ),
-        ]
-        if chief:
-            built_in.append(ProgressLogger(state, trainer.log_every_steps, log))
-            val_clip, _ = next(
-                iter(clip_dataset(splits["val"], config, training=False, seed=None, batch_size=1))
-            )
-            built_in.append(
-                TensorBoardLogger(
-                    os.path.join(workdir, LOGS_DIR),
-                    state,
-                    stepping_optimizers(model, parts),
-                    flow_clip=val_clip[0],
-                    images_every=trainer.flow_images_every_epochs,
-                    histograms_every=trainer.histograms_every_epochs,
-                    batch_every=trainer.log_every_steps,
-                    hparams=flat_hparams(config),
-                    trial_id=os.path.basename(os.path.normpath(workdir)),
-                )
-            )
-        all_callbacks = [*built_in, *callbacks]
+            metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+            jit_compile=runtime.jit_compile,
+        )
+        optimizer = model.optimizer
+    # Built now, so that a restore finds every slot variable.
+    optimizer.build(model.trainable_variables)
+    return model, optimizer, parts
 
-        start = time.monotonic()
-        start_step = state.global_step
-        run = _custom_loop if multi_worker else _fit
-        run(model, optimizer, strategy, config, splits, state, all_callbacks)
-        logs = epoch_metrics.epoch_logs
-        summary = {
-            **{key: float(value) for key, value in logs.items()},
-            "epochs": int(state.epoch),
-            "steps": state.global_step,
-            "steps_this_run": state.global_step - start_step,
-            "wall_time_s": round(time.monotonic() - start, 1),
-            "strategy": runtime.strategy,
-            "replicas": replicas,
-            "precision": runtime.precision,
-            "workdir": workdir,
-        }
-        if chief:
-            summary_path = os.path.join(workdir, SUMMARY_FILE)
-            if logs or not os.path.exists(summary_path):
-                write_json_atomic(summary_path, summary)
-            print(
-                f"done: {summary['epochs']} epochs, {summary['steps']} steps "
-                f"({summary['steps_this_run']} in this run, {summary['wall_time_s']} s); "
-                f"{format_metrics(logs) or 'nothing left to train'}; {workdir}",
-                file=log,
-                flush=True,
-            )
-        return TrainingResult(model, summary)
-    finally:
-        keras.config.set_dtype_policy(previous_policy)
-        if not chief:
-            shutil.rmtree(own_dir, ignore_errors=True)
+
+def _checkpoint(model, optimizer, parts, state: TrainingState, directory: str):
+    """Everything a resume needs: weights, optimizers, random states, counters, metric sums."""
+    # tf.train.Checkpoint misses the sub-optimizers of a MultiOptimizer and the states of the
+    # Keras seed generators (dropout): they are added explicitly.
+    seed_states = [v.value for v in model.non_trainable_variables if "seed_generator" in v.path]
+    return tf.train.Checkpoint(
+        model=model,
+        optimizer=optimizer,
+        **{f"{name}_optimizer": part for name, part in parts.items()},
+        random=tf.train.Checkpoint(**{f"seed_{i}": v for i, v in enumerate(seed_states)}),
+        epoch=state.epoch,
+        batch=state.batch,
+        **_metric_sums(state, tf.train.latest_checkpoint(directory)),
+    )
+
+
+def _write_run_files(config: ExperimentConfig, workdir: str, class_names) -> None:
+    os.makedirs(workdir, exist_ok=True)
+    if not os.path.exists(os.path.join(workdir, CONFIG_FILE)):  # a resume keeps its own
+        save_config(config, os.path.join(workdir, CONFIG_FILE))
+    write_class_names(os.path.join(workdir, CLASS_NAMES_FILE), class_names)
+
+
+def _chief_callbacks(config, workdir, state, model, parts, splits, log) -> list:
+    """Progress lines and TensorBoard (with the flow images of one fixed validation clip)."""
+    trainer = config.trainer
+    val_clip, _ = next(
+        iter(clip_dataset(splits["val"], config, training=False, seed=None, batch_size=1))
+    )
+    return [
+        ProgressLogger(state, trainer.log_every_steps, log),
+        TensorBoardLogger(
+            os.path.join(workdir, LOGS_DIR),
+            state,
+            stepping_optimizers(model, parts),
+            flow_clip=val_clip[0],
+            images_every=trainer.flow_images_every_epochs,
+            histograms_every=trainer.histograms_every_epochs,
+            batch_every=trainer.log_every_steps,
+            hparams=flat_hparams(config),
+            trial_id=os.path.basename(os.path.normpath(workdir)),
+        ),
+    ]
+
+
+def _write_summary(workdir: str, summary: dict, logs: dict, log: TextIO) -> None:
+    """summary.json (kept when this run trained nothing) and the final line."""
+    summary_path = os.path.join(workdir, SUMMARY_FILE)
+    if logs or not os.path.exists(summary_path):
+        write_json_atomic(summary_path, summary)
+    print(
+        f"done: {summary['epochs']} epochs, {summary['steps']} steps "
+        f"({summary['steps_this_run']} in this run, {summary['wall_time_s']} s); "
+        f"{format_metrics(logs) or 'nothing left to train'}; {workdir}",
+        file=log,
+        flush=True,
+    )
 
 
 # === Loops ===
@@ -654,10 +684,45 @@ def _fit(model, optimizer, strategy, config, splits, state, callbacks) -> None:
 def _custom_loop(model, optimizer, strategy, config, splits, state, callbacks) -> None:
     """Custom training loop for `MultiWorkerMirroredStrategy`, driving the same callbacks."""
     global_batch = config.data.batch_size
-    label_smoothing = config.optimizer.label_smoothing
     validation_steps = config.trainer.validation_steps or _validation_steps_per_worker(
         splits["val"], global_batch, strategy
     )
+    train_step, val_step = _distributed_steps(model, optimizer, strategy, config)
+    validation = strategy.distribute_datasets_from_function(
+        lambda context: _worker_validation(splits["val"], config, context, validation_steps)
+    )
+    callback_list = keras.callbacks.CallbackList(list(callbacks), model=model)
+    callback_list.on_train_begin()
+    logs: dict[str, float] = {}
+    for epoch in range(int(state.epoch), state.epochs):
+        skip = int(state.batch)
+
+        def train_function(context, epoch=epoch, skip=skip):
+            batch = context.get_per_replica_batch_size(global_batch)
+            return _epoch_dataset(
+                config, splits, epoch, skip, state.steps_per_epoch, batch, input_context=context
+            )
+
+        callback_list.on_epoch_begin(epoch)
+        iterator = iter(strategy.distribute_datasets_from_function(train_function))
+        total_loss = total_correct = 0.0
+        for step in range(state.steps_per_epoch - skip):
+            loss, correct = train_step(iterator)
+            total_loss += float(loss)
+            total_correct += float(correct)
+            done = step + 1
+            logs = {"loss": total_loss / done, "accuracy": total_correct / (done * global_batch)}
+            callback_list.on_train_batch_end(step, logs)
+        logs.update(_validate(val_step, iter(validation), validation_steps))
+        callback_list.on_epoch_end(epoch, logs)
+    callback_list.on_train_end(logs)
+
+
+def _distributed_steps(model, optimizer, strategy, config):
+    """`train_step(iterator) -> (loss, correct)` and `val_step(iterator) -> [loss sum, correct,
+    clips]`, each summed over the replicas; the loss is averaged over the global batch."""
+    global_batch = config.data.batch_size
+    label_smoothing = config.optimizer.label_smoothing
 
     def loss_and_hits(frames, labels, training: bool):
         logits = model(frames, training=training)
@@ -698,43 +763,16 @@ def _custom_loop(model, optimizer, strategy, config, splits, state, callbacks) -
         results = strategy.run(replica, args=next(iterator))
         return [strategy.reduce("SUM", value, axis=None) for value in results]
 
-    validation = strategy.distribute_datasets_from_function(
-        lambda context: _worker_validation(splits["val"], config, context, validation_steps)
-    )
+    return train_step, val_step
 
-    callback_list = keras.callbacks.CallbackList(list(callbacks), model=model)
-    callback_list.on_train_begin()
-    logs: dict[str, float] = {}
-    for epoch in range(int(state.epoch), state.epochs):
-        skip = int(state.batch)
 
-        def train_function(context, epoch=epoch, skip=skip):
-            batch = context.get_per_replica_batch_size(global_batch)
-            return _epoch_dataset(
-                config, splits, epoch, skip, state.steps_per_epoch, batch, input_context=context
-            )
-
-        callback_list.on_epoch_begin(epoch)
-        iterator = iter(strategy.distribute_datasets_from_function(train_function))
-        total_loss = total_correct = 0.0
-        for step in range(state.steps_per_epoch - skip):
-            loss, correct = train_step(iterator)
-            total_loss += float(loss)
-            total_correct += float(correct)
-            done = step + 1
-            logs = {"loss": total_loss / done, "accuracy": total_correct / (done * global_batch)}
-            callback_list.on_train_batch_end(step, logs)
-        val_iterator = iter(validation)
-        sums = [0.0, 0.0, 0.0]
-        for _ in range(validation_steps):
-            sums = [
-                total + float(value)
-                for total, value in zip(sums, val_step(val_iterator), strict=True)
-            ]
-        logs["val_loss"] = sums[0] / max(sums[2], 1.0)
-        logs["val_accuracy"] = sums[1] / max(sums[2], 1.0)
-        callback_list.on_epoch_end(epoch, logs)
-    callback_list.on_train_end(logs)
+def _validate(val_step, iterator, steps: int) -> dict[str, float]:
+    """`val_loss` and `val_accuracy` over `steps` steps of `val_step`, per clip."""
+    sums = [0.0, 0.0, 0.0]
+    for _ in range(steps):
+        sums = [total + float(value) for total, value in zip(sums, val_step(iterator), strict=True)]
+    clips = max(sums[2], 1.0)
+    return {"val_loss": sums[0] / clips, "val_accuracy": sums[1] / clips}
 
 
 def _clips_per_pipeline(source: str, pipelines: int) -> list[int]:
