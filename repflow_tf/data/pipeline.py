@@ -8,6 +8,7 @@ indices are drawn first and only those JPEGs are decoded, directly into the crop
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Sequence
@@ -305,75 +306,105 @@ def video_dataset(
     if not (0 < aspect_ratio_range[0] <= aspect_ratio_range[1]):
         raise ValueError(f"`aspect_ratio_range` must be positive. Received: {aspect_ratio_range}")
 
-    shards = list_shards(source)
-    if input_context is not None and input_context.num_input_pipelines > 1:
-        count, index = input_context.num_input_pipelines, input_context.input_pipeline_id
-        if len(shards) < count:
-            raise DataError(
-                f"{source}: {len(shards)} shards cannot be split over {count} input pipelines; "
-                "convert with a smaller --videos_per_shard"
-            )
-        shards = shards[index::count]
+    shards = _pipeline_shards(source, input_context)
     deterministic = seed is not None or not training
-
-    files = tf.data.Dataset.from_tensor_slices(
-        ([path for path, _ in shards], tf.constant([n for _, n in shards], tf.int64))
-    )
-    if training:
-        files = files.shuffle(len(shards), seed=seed, reshuffle_each_iteration=True)
-    records = files.interleave(
-        _read_shard,
-        cycle_length=min(cycle_length, len(shards)),
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=deterministic,
-    )
+    records = _records(shards, training, seed, cycle_length, deterministic)
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-    clip_count = 1 if num_clips is None else num_clips
-
-    def sample(record: dict[str, tf.Tensor], seed_pair: tf.Tensor):
-        length = record["num_frames"]
-        max_start = tf.maximum(length - (num_frames - 1) * stride - 1, 0)
-        sample_seed, crop_seed = tf.unstack(tf.random.experimental.stateless_split(seed_pair, 2))
-        if training:
-            starts = tf.random.stateless_uniform([1], sample_seed, 0, max_start + 1, dtype=tf.int32)
-        else:
-            starts = evaluation_starts(length, num_frames, stride, num_clips)
-        indices = clip_indices(length, starts, num_frames, stride)
-        return tf.gather(record["frames"], indices), record["label"], crop_seed
-
-    def decode(encoded: tf.Tensor, label: tf.Tensor, crop_seed: tf.Tensor):
-        shape = tf.io.extract_jpeg_shape(encoded[0])
-        height, width = shape[0], shape[1]
-        if training:
-            window = _crop_window(height, width, crop_seed, area_range, aspect_ratio_range)
-        else:
-            window = centre_window(height, width, crop_size)
-        frames = tf.map_fn(
-            lambda jpeg: tf.image.decode_and_crop_jpeg(jpeg, window, channels=3),
-            encoded,
-            fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8),
-        )
-        frames = tf.image.resize(frames, [crop_size, crop_size])
-        if training and flip:
-            flip_seed = tf.random.experimental.stateless_fold_in(crop_seed, 1)
-            mirrored = tf.random.stateless_uniform([], flip_seed) < 0.5
-            frames = tf.cond(mirrored, lambda: tf.reverse(frames, axis=[2]), lambda: frames)
-        frames = tf.clip_by_value(frames, *FRAME_RANGE)
-        shape = [num_frames, crop_size, crop_size, 3]
-        frames = tf.reshape(frames, shape if num_clips is None else [clip_count, *shape])
-        return frames, label
-
+    sampling = _Sampling(
+        training, num_frames, stride, crop_size, num_clips, area_range, aspect_ratio_range, flip
+    )
     clips = tf.data.Dataset.zip((records, seeds)).map(
-        sample, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic
+        sampling.select, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic
     )
     if training:
         clips = clips.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    clips = clips.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    clips = clips.map(
+        sampling.decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic
+    )
     if batch_size is not None:
         clips = clips.batch(batch_size, drop_remainder=training)
     options = tf.data.Options()
     options.deterministic = deterministic
     return clips.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def _pipeline_shards(source, input_context) -> list[tuple[str, int]]:
+    """The shards this input pipeline reads: all, or its round-robin share of them."""
+    shards = list_shards(source)
+    if input_context is None or input_context.num_input_pipelines == 1:
+        return shards
+    count, index = input_context.num_input_pipelines, input_context.input_pipeline_id
+    if len(shards) < count:
+        raise DataError(
+            f"{source}: {len(shards)} shards cannot be split over {count} input pipelines; "
+            "convert with a smaller --videos_per_shard"
+        )
+    return shards[index::count]
+
+
+def _records(shards, training: bool, seed, cycle_length: int, deterministic: bool):
+    """Parsed, checked records of `shards`, read in parallel (shuffled shard order in training)."""
+    files = tf.data.Dataset.from_tensor_slices(
+        ([path for path, _ in shards], tf.constant([n for _, n in shards], tf.int64))
+    )
+    if training:
+        files = files.shuffle(len(shards), seed=seed, reshuffle_each_iteration=True)
+    return files.interleave(
+        _read_shard,
+        cycle_length=min(cycle_length, len(shards)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=deterministic,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Sampling:
+    """How `video_dataset` turns a record into a clip: `select` picks the clip's JPEGs (before
+    the shuffle, so its buffer holds only those), `decode` decodes them into the crop."""
+
+    training: bool
+    num_frames: int
+    stride: int
+    crop_size: int
+    num_clips: int | None
+    area_range: tuple[float, float]
+    aspect_ratio_range: tuple[float, float]
+    flip: bool
+
+    def select(self, record: dict[str, tf.Tensor], seed_pair: tf.Tensor):
+        length = record["num_frames"]
+        sample_seed, crop_seed = tf.unstack(tf.random.experimental.stateless_split(seed_pair, 2))
+        if self.training:
+            max_start = tf.maximum(length - (self.num_frames - 1) * self.stride - 1, 0)
+            starts = tf.random.stateless_uniform([1], sample_seed, 0, max_start + 1, dtype=tf.int32)
+        else:
+            starts = evaluation_starts(length, self.num_frames, self.stride, self.num_clips)
+        indices = clip_indices(length, starts, self.num_frames, self.stride)
+        return tf.gather(record["frames"], indices), record["label"], crop_seed
+
+    def decode(self, encoded: tf.Tensor, label: tf.Tensor, crop_seed: tf.Tensor):
+        shape = tf.io.extract_jpeg_shape(encoded[0])
+        height, width = shape[0], shape[1]
+        if self.training:
+            window = _crop_window(
+                height, width, crop_seed, self.area_range, self.aspect_ratio_range
+            )
+        else:
+            window = centre_window(height, width, self.crop_size)
+        frames = tf.map_fn(
+            lambda jpeg: tf.image.decode_and_crop_jpeg(jpeg, window, channels=3),
+            encoded,
+            fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8),
+        )
+        frames = tf.image.resize(frames, [self.crop_size, self.crop_size])
+        if self.training and self.flip:
+            flip_seed = tf.random.experimental.stateless_fold_in(crop_seed, 1)
+            mirrored = tf.random.stateless_uniform([], flip_seed) < 0.5
+            frames = tf.cond(mirrored, lambda: tf.reverse(frames, axis=[2]), lambda: frames)
+        frames = tf.clip_by_value(frames, *FRAME_RANGE)
+        shape = [self.num_frames, self.crop_size, self.crop_size, 3]
+        clips = 1 if self.num_clips is None else self.num_clips
+        return tf.reshape(frames, shape if self.num_clips is None else [clips, *shape]), label
 
 
 def _check_arguments(**values: int | None) -> None:
