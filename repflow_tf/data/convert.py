@@ -313,15 +313,34 @@ def convert_split(
     start = time.monotonic()
     directory = os.path.join(output_dir, split)
     tf.io.gfile.makedirs(os.path.join(directory, _STATE_DIR))
+    jobs = _shard_jobs(split_list, directory, split, options, seed)
+    _remove_stale_files(directory, split, keep={job.file for job in jobs})
 
+    states = {job.file: _finished_state(job) for job in jobs}
+    todo = [job for job in jobs if states[job.file] is None]
+    states.update(_convert_shards(todo, num_workers, f"{split}:", log))
+
+    manifest = _manifest(split, split_list, jobs, states, options, seed)
+    write_manifest(manifest, directory)
+    if log is not None:
+        seconds = time.monotonic() - start
+        log.write(
+            f"{split}: {manifest.num_accepted} accepted, {manifest.num_rejected} rejected of "
+            f"{manifest.num_listed} listed -> {len(jobs)} shards in {directory} "
+            f"({len(jobs) - len(todo)} reused, {seconds:.1f} s)\n"
+        )
+    return manifest
+
+
+def _shard_jobs(split_list, directory: str, split: str, options, seed: int) -> list[_ShardJob]:
+    """The split's videos, shuffled with `seed`, cut into shards of `videos_per_shard`."""
     entries = list(split_list.entries)
     random.Random(seed).shuffle(entries)
-    num_shards = max(1, math.ceil(len(entries) / options.videos_per_shard))
+    size = options.videos_per_shard
+    num_shards = max(1, math.ceil(len(entries) / size))
     jobs = []
     for index in range(num_shards):
-        chunk = tuple(
-            entries[index * options.videos_per_shard : (index + 1) * options.videos_per_shard]
-        )
+        chunk = tuple(entries[index * size : (index + 1) * size])
         jobs.append(
             _ShardJob(
                 directory=directory,
@@ -332,31 +351,22 @@ def convert_split(
                 digest=_digest(chunk, split_list.class_names, options),
             )
         )
-    _remove_stale_files(directory, split, keep={job.file for job in jobs})
+    return jobs
 
-    states = {job.file: _finished_state(job) for job in jobs}
-    todo = [job for job in jobs if states[job.file] is None]
-    progress = _Progress(sum(len(job.entries) for job in todo), f"{split}:", log)
+
+def _convert_shards(todo, num_workers: int | None, label: str, log) -> dict[str, dict]:
+    """Writes the shards of `todo` (in this process, or in worker processes) with a progress
+    bar; returns their state records by shard file."""
+    progress = _Progress(sum(len(job.entries) for job in todo), label, log)
     if num_workers is None:
         num_workers = os.cpu_count() or 1
     num_workers = min(num_workers, len(todo))
     if num_workers <= 1:
-        for job in todo:
-            states[job.file] = _write_shard(job, progress.update)
+        states = {job.file: _write_shard(job, progress.update) for job in todo}
     else:
-        states.update(_run_workers(todo, num_workers, progress))
+        states = _run_workers(todo, num_workers, progress)
     progress.close()
-
-    manifest = _manifest(split, split_list, jobs, states, options, seed)
-    write_manifest(manifest, directory)
-    if log is not None:
-        seconds = time.monotonic() - start
-        log.write(
-            f"{split}: {manifest.num_accepted} accepted, {manifest.num_rejected} rejected of "
-            f"{manifest.num_listed} listed -> {num_shards} shards in {directory} "
-            f"({num_shards - len(todo)} reused, {seconds:.1f} s)\n"
-        )
-    return manifest
+    return states
 
 
 def _run_workers(
