@@ -403,6 +403,20 @@ def evaluate_model(
     return metrics.result(trained.class_names)
 
 
+def _checked_split_dir(files, split: str) -> str:
+    """The split's directory, checked against the workdir's classes before the (slow) model
+    load; `DataError` naming the directory, the config and the flag otherwise."""
+    config = files.config.data
+    split_dir = config.split_dir(split)
+    if not os.path.isdir(split_dir):
+        raise data.DataError(
+            f"{split_dir}: no such split directory (data.root={config.root!r} in "
+            f"{files.config_path}, --split={split})"
+        )
+    check_data_classes(data.load_manifest(split_dir), split_dir, files)
+    return split_dir
+
+
 def evaluate_workdir(
     workdir: str,
     *,
@@ -437,14 +451,7 @@ def evaluate_workdir(
     for name, value in (("num_clips", num_clips), ("batch_size", batch_size)):
         if value < 1:
             raise ValueError(f"--{name} must be >= 1. Received: {value}")
-    split_dir = config.split_dir(split)
-    if not os.path.isdir(split_dir):
-        raise data.DataError(
-            f"{split_dir}: no such split directory (data.root={config.root!r} in "
-            f"{files.config_path}, --split={split})"
-        )
-    # Everything that can be checked without the model first: loading it is the slow part.
-    check_data_classes(data.load_manifest(split_dir), split_dir, files)
+    split_dir = _checked_split_dir(files, split)
     trained = files.load()
     result = evaluate_model(
         trained,

@@ -184,6 +184,29 @@ def export_model(
     ('a', 'b')
     """
     _check_output(output_dir, overwrite)
+    time_steps = _check_exportable(model, class_names, preprocessing.crop_size)
+    archive = _archive(model, class_names, preprocessing, time_steps)
+    output_dir = os.path.normpath(output_dir)
+    temporary = f"{output_dir}.tmp-{os.getpid()}"
+    shutil.rmtree(temporary, ignore_errors=True)
+    try:
+        archive.write_out(temporary, verbose=False)
+        assets = os.path.join(temporary, ASSETS_DIR)
+        os.makedirs(assets, exist_ok=True)
+        write_atomic(
+            os.path.join(assets, CLASS_NAMES_ASSET), "".join(f"{name}\n" for name in class_names)
+        )
+        write_json_atomic(os.path.join(assets, PREPROCESSING_ASSET), preprocessing.to_json())
+        _check_output(output_dir, overwrite)  # again: it may have appeared meanwhile
+        replace_directory(temporary, output_dir)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+    return output_dir
+
+
+def _check_exportable(model: keras.Model, class_names: Sequence[str], size: int) -> int | None:
+    """Refuses models that are not RGB `frames` -> logits of `class_names` at `size`; returns
+    the model's number of frames (None: any)."""
     inputs = model.inputs
     if len(inputs) != 1 or inputs[0].name != INPUT_NAME or len(inputs[0].shape) != 5:
         names = [tensor.name for tensor in inputs]
@@ -192,7 +215,6 @@ def export_model(
             f"exported; this model takes {names}"
         )
     _, time_steps, height, width, _ = inputs[0].shape
-    size = preprocessing.crop_size
     if (height, width) not in ((None, None), (size, size)):
         raise ExportError(f"the model takes {height}x{width} frames but data.crop_size is {size}")
     num_outputs = model.outputs[0].shape[-1]
@@ -200,10 +222,12 @@ def export_model(
         raise ExportError(
             f"need {num_outputs} non-empty one-line class names, got {len(class_names)}"
         )
-    metadata = {
-        "class_names": list(class_names),
-        "preprocessing": preprocessing.to_json(),
-    }
+    return time_steps
+
+
+def _archive(model, class_names, preprocessing: Preprocessing, time_steps: int | None):
+    """The `ExportArchive`: the uint8 serving signature and the metadata signature."""
+    size = preprocessing.crop_size
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint(
@@ -217,26 +241,11 @@ def export_model(
         METADATA_SIGNATURE,
         lambda: {
             "class_names": tf.constant(list(class_names)),
-            "preprocessing": tf.constant(json.dumps(metadata["preprocessing"])),
+            "preprocessing": tf.constant(json.dumps(preprocessing.to_json())),
         },
         input_signature=[],
     )
-    output_dir = os.path.normpath(output_dir)
-    temporary = f"{output_dir}.tmp-{os.getpid()}"
-    shutil.rmtree(temporary, ignore_errors=True)
-    try:
-        archive.write_out(temporary, verbose=False)
-        assets = os.path.join(temporary, ASSETS_DIR)
-        os.makedirs(assets, exist_ok=True)
-        write_atomic(
-            os.path.join(assets, CLASS_NAMES_ASSET), "".join(f"{name}\n" for name in class_names)
-        )
-        write_json_atomic(os.path.join(assets, PREPROCESSING_ASSET), metadata["preprocessing"])
-        _check_output(output_dir, overwrite)  # again: it may have appeared meanwhile
-        replace_directory(temporary, output_dir)
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)
-    return output_dir
+    return archive
 
 
 def export_trained(workdir: Workdir, output_dir: str, *, overwrite: bool = False) -> str:
