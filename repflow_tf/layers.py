@@ -10,11 +10,12 @@ import tensorflow as tf
 
 from repflow_tf import ops
 
+# Option names, defined in ops.
 LEARNABLE_GROUPS = ops.LEARNABLE_GROUPS
+FLOW_STACKS = ops.FLOW_STACKS
 # Learned θ, λ, τ are kept within [1e-4, 1e4]: exp(log θ) of an unbounded log underflows to 0
 # (τ/θ = inf, NaN flow) or overflows to inf after one large optimizer step.
 _LOG_HYPER_RANGE = (float(np.log(1e-4)), float(np.log(1e4)))
-FLOW_STACKS = ("single", "fof", "fcf")
 _PACKAGE = "repflow_tf"
 
 
@@ -106,12 +107,8 @@ class RepresentationFlow(keras.layers.Layer):
         kwargs["autocast"] = False
         super().__init__(**kwargs)
         ops.validate_num_iter(num_iter)
-        if gradient not in ops.GRADIENTS:
-            raise ValueError(
-                f"`gradient` must be one of {ops.GRADIENTS}. Received: gradient={gradient!r}"
-            )
         self.num_iter = int(num_iter)
-        self.gradient = gradient
+        self.gradient = ops.validate_gradient(gradient)
         self.learn = ops.validate_learn(learn)
         self.theta = _validate_hyperparameter("theta", theta)
         self.lambda_ = _validate_hyperparameter("lambda_", lambda_)
@@ -326,21 +323,18 @@ class FlowBlock(keras.layers.Layer):
         reduced_shape = self.reduce.compute_output_shape(input_shape)
         self.flow.build(reduced_shape)
         flow_shape = self.flow.compute_output_shape(reduced_shape)
-        self.expand = keras.layers.Conv3D(
+        # Created here, not in __init__: the conv's filters are the input's channel count. (The
+        # norm stays with it: creating it first would reorder the block's weights, which
+        # get_weights and the optimizer variables saved in a .keras file depend on.)
+        self.expand, self.norm = frame_conv_bn(
             channels,
-            (1, 3, 3),
-            padding="same",
-            use_bias=False,
+            conv_name="expand",
+            norm_name="norm",
+            synchronized_bn=self.synchronized_bn,
             dtype=self.dtype_policy,
-            name="expand",
+            gamma_initializer="zeros",
         )
         self.expand.build(flow_shape)
-        self.norm = keras.layers.BatchNormalization(
-            gamma_initializer="zeros",
-            synchronized=self.synchronized_bn,
-            dtype=self.dtype_policy,
-            name="norm",
-        )
         self.norm.build(self.expand.compute_output_shape(flow_shape))
 
     def call(self, inputs, training=None):
@@ -412,6 +406,34 @@ def flow_stack(
     return keras.Sequential(layers, name=name or f"flow_stack_{kind}")
 
 
+def frame_conv_bn(
+    filters: int,
+    *,
+    conv_name: str,
+    norm_name: str,
+    synchronized_bn: bool = False,
+    dtype=None,
+    **norm_kwargs,
+) -> tuple[keras.layers.Conv3D, keras.layers.BatchNormalization]:
+    """A per-frame 3x3 conv (Conv3D (1, 3, 3), "same" padding, no bias) and a batch norm.
+
+    The layers are returned unbuilt, under the given names (they name the weights); the norm
+    takes `synchronized_bn` and the `norm_kwargs`; both take `dtype`. Used by FlowBlock (its
+    expand conv), _ConvBNReLU and the backbone's conv between two flow layers on the input.
+
+    >>> conv, norm = frame_conv_bn(8, conv_name="conv", norm_name="norm")
+    >>> norm(conv(tf.zeros((1, 2, 5, 5, 3)))).shape
+    TensorShape([1, 2, 5, 5, 8])
+    """
+    conv = keras.layers.Conv3D(
+        filters, (1, 3, 3), padding="same", use_bias=False, dtype=dtype, name=conv_name
+    )
+    norm = keras.layers.BatchNormalization(
+        synchronized=synchronized_bn, dtype=dtype, name=norm_name, **norm_kwargs
+    )
+    return conv, norm
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class _ConvBNReLU(keras.layers.Layer):
     """3x3 per-frame conv keeping the channel count, batch norm, ReLU (the "c" of FcF)."""
@@ -421,18 +443,15 @@ class _ConvBNReLU(keras.layers.Layer):
         self.synchronized_bn = bool(synchronized_bn)
 
     def build(self, input_shape):
-        self.conv = keras.layers.Conv3D(
+        # Created here, not in __init__: the conv's filters are the input's channel count.
+        self.conv, self.norm = frame_conv_bn(
             input_shape[-1],
-            (1, 3, 3),
-            padding="same",
-            use_bias=False,
+            conv_name="conv",
+            norm_name="norm",
+            synchronized_bn=self.synchronized_bn,
             dtype=self.dtype_policy,
-            name="conv",
         )
         self.conv.build(input_shape)
-        self.norm = keras.layers.BatchNormalization(
-            synchronized=self.synchronized_bn, dtype=self.dtype_policy, name="norm"
-        )
         self.norm.build(input_shape)
 
     def call(self, inputs, training=None):

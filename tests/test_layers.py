@@ -17,7 +17,13 @@ import pytest
 import tensorflow as tf
 
 from repflow_tf.benchmarks import references
-from repflow_tf.layers import FlowBlock, RepresentationFlow, flow_stack, normalize_per_channel
+from repflow_tf.layers import (
+    FlowBlock,
+    RepresentationFlow,
+    _ConvBNReLU,
+    flow_stack,
+    normalize_per_channel,
+)
 
 ALL_GROUPS = ("sobel", "divergence", "hyper")
 # Which learnable group (paper Table 2) every weight of RepresentationFlow belongs to.
@@ -481,6 +487,26 @@ def test_flow_stack_kinds(kind, blocks):
     assert all("representation_flow" in path for path in flow_paths)
 
 
+def test_conv_bn_weights_keep_their_names_order_and_settings():
+    # Saved .keras files, checkpoints and optimizer variables depend on these names and order.
+    block = FlowBlock(channels_reduced=2, num_iter=2, name="flow_block_1")
+    block.build((None, 3, 6, 7, 4))
+    paths = [w.path.removeprefix("flow_block_1/") for w in block.weights]
+    flow_paths = ["representation_flow/" + w.path.split("/")[-1] for w in block.flow.weights]
+    norm = ["norm/gamma", "norm/beta", "norm/moving_mean", "norm/moving_variance"]
+    assert paths == [*flow_paths, "reduce/kernel", "expand/kernel", *norm]
+    assert tuple(block.expand.kernel.shape) == (1, 3, 3, 4, 4) and block.expand.padding == "same"
+    np.testing.assert_array_equal(block.norm.gamma.numpy(), np.zeros(4))  # starts as identity
+    conv = _ConvBNReLU(synchronized_bn=True, name="flow_conv")
+    conv.build((None, 3, 6, 7, 4))
+    assert [w.path for w in conv.weights] == ["flow_conv/conv/kernel"] + [
+        f"flow_conv/{path}" for path in norm
+    ]
+    assert tuple(conv.conv.kernel.shape) == (1, 3, 3, 4, 4) and not conv.conv.use_bias
+    assert conv.norm.synchronized and conv.norm.momentum == 0.99
+    np.testing.assert_array_equal(conv.norm.gamma.numpy(), np.ones(4))
+
+
 def test_flow_parameter_paths_contain_representation_flow():
     layer = RepresentationFlow(num_iter=2)
     layer.build((None, 3, 6, 7, 2))
@@ -630,3 +656,10 @@ def test_flow_block_bad_rank_and_flow_stack_bad_kind():
         FlowBlock(channels_reduced=2, num_iter=2)(tf.zeros((2, 4, 4, 3)))
     with pytest.raises(ValueError, match=r"`kind`.*kind='ff'"):
         flow_stack("ff")
+
+
+def test_option_names_are_defined_once_in_ops():
+    from repflow_tf import layers, ops
+
+    assert layers.FLOW_STACKS is ops.FLOW_STACKS
+    assert layers.LEARNABLE_GROUPS is ops.LEARNABLE_GROUPS

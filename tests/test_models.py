@@ -184,6 +184,24 @@ def test_keras_round_trip(case, tmp_path):
             }
 
 
+def test_conv_between_two_input_flows_keeps_its_layers():
+    config = ModelConfig(**TINY, depth=18, kind="3d", flow_position="input", flow_stack="fcf")
+    backbone = build(config).get_layer("flow_backbone")
+    conv, norm = backbone.get_layer("flow_conv"), backbone.get_layer("flow_conv_bn")
+    assert (conv.filters, conv.kernel_size, conv.padding, conv.use_bias) == (
+        6,
+        (1, 3, 3),
+        "same",
+        False,
+    )
+    assert (norm.momentum, norm.epsilon, norm.synchronized) == (0.9, 1e-5, False)
+    assert [w.path for w in conv.weights + norm.weights] == [
+        "flow_conv/kernel",
+        *(f"flow_conv_bn/{name}" for name in ("gamma", "beta", "moving_mean", "moving_variance")),
+    ]
+    assert backbone.get_layer("flow_conv_relu").output.shape[-1] == 6
+
+
 def _randomize(model: keras.Model, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     for variable in model.weights:

@@ -21,7 +21,7 @@ import keras
 import tensorflow as tf
 
 from repflow_tf.config import ModelConfig
-from repflow_tf.layers import RepresentationFlow, flow_stack
+from repflow_tf.layers import RepresentationFlow, flow_stack, frame_conv_bn
 
 _PACKAGE = "repflow_tf"
 # block type and blocks per residual group, by depth
@@ -35,6 +35,8 @@ MODALITY_CHANNELS = {"rgb": 3, "optical_flow": 2}
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
 OPTICAL_FLOW_SCALE = 1.0 / 20.0
+# Batch norm of the backbone (the torchvision / PyTorch defaults the paper's models use).
+BATCH_NORM = {"momentum": 0.9, "epsilon": 1e-5}
 
 
 # === Layers ===
@@ -98,7 +100,7 @@ class SpatialAveragePooling(keras.layers.Layer):
 
 def _batch_norm(x, name: str, config: ModelConfig):
     return keras.layers.BatchNormalization(
-        momentum=0.9, epsilon=1e-5, synchronized=config.synchronized_bn, name=name
+        synchronized=config.synchronized_bn, name=name, **BATCH_NORM
     )(x)
 
 
@@ -184,11 +186,14 @@ def _input_flow(frames, config: ModelConfig):
     """Pure representation flow of the raw RGB frames (no residual): 6 or 12 channels."""
     flow = RepresentationFlow(**_flow_kwargs(config), name="representation_flow")(frames)
     if config.flow_stack == "fcf":
-        flow = keras.layers.Conv3D(
-            flow.shape[-1], (1, 3, 3), padding="same", use_bias=False, name="flow_conv"
-        )(flow)
-        flow = _batch_norm(flow, "flow_conv_bn", config)
-        flow = keras.layers.ReLU(name="flow_conv_relu")(flow)
+        conv, norm = frame_conv_bn(
+            flow.shape[-1],
+            conv_name="flow_conv",
+            norm_name="flow_conv_bn",
+            synchronized_bn=config.synchronized_bn,
+            **BATCH_NORM,
+        )
+        flow = keras.layers.ReLU(name="flow_conv_relu")(norm(conv(flow)))
     if config.flow_stack != "single":
         flow = RepresentationFlow(**_flow_kwargs(config), name="representation_flow_2")(flow)
     return flow
