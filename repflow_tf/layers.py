@@ -401,7 +401,7 @@ def flow_stack(
     layers = [block(1)]
     if kind != "single":
         if kind == "fcf":
-            layers.append(_ConvBNReLU(synchronized_bn=synchronized_bn, name="flow_conv"))
+            layers.append(ConvBNReLU(synchronized_bn=synchronized_bn, name="flow_conv"))
         layers.append(block(2))
     return keras.Sequential(layers, name=name or f"flow_stack_{kind}")
 
@@ -419,7 +419,7 @@ def frame_conv_bn(
 
     The layers are returned unbuilt, under the given names (they name the weights); the norm
     takes `synchronized_bn` and the `norm_kwargs`; both take `dtype`. Used by FlowBlock (its
-    expand conv), _ConvBNReLU and the backbone's conv between two flow layers on the input.
+    expand conv), ConvBNReLU and the backbone's conv between two flow layers on the input.
 
     >>> conv, norm = frame_conv_bn(8, conv_name="conv", norm_name="norm")
     >>> norm(conv(tf.zeros((1, 2, 5, 5, 3)))).shape
@@ -435,8 +435,12 @@ def frame_conv_bn(
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class _ConvBNReLU(keras.layers.Layer):
-    """3x3 per-frame conv keeping the channel count, batch norm, ReLU (the "c" of FcF)."""
+class ConvBNReLU(keras.layers.Layer):
+    """3x3 per-frame conv keeping the channel count, batch norm, ReLU (the "c" of FcF).
+
+    >>> ConvBNReLU()(tf.zeros((1, 2, 5, 5, 3))).shape
+    TensorShape([1, 2, 5, 5, 3])
+    """
 
     def __init__(self, synchronized_bn: bool = False, **kwargs):
         super().__init__(**kwargs)
@@ -462,3 +466,12 @@ class _ConvBNReLU(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "synchronized_bn": self.synchronized_bn}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class _ConvBNReLU(ConvBNReLU):
+    """ConvBNReLU under its former name, for .keras files saved before it was renamed.
+
+    Such files name the layer `repflow_tf>_ConvBNReLU` and store its weights under the
+    snake-cased class name (`__conv_bn_re_lu`), so they load into this subclass.
+    """

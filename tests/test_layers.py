@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import re
+import zipfile
 
 import keras
 import numpy as np
@@ -18,9 +19,9 @@ import tensorflow as tf
 
 from repflow_tf.benchmarks import references
 from repflow_tf.layers import (
+    ConvBNReLU,
     FlowBlock,
     RepresentationFlow,
-    _ConvBNReLU,
     flow_stack,
     normalize_per_channel,
 )
@@ -497,7 +498,7 @@ def test_conv_bn_weights_keep_their_names_order_and_settings():
     assert paths == [*flow_paths, "reduce/kernel", "expand/kernel", *norm]
     assert tuple(block.expand.kernel.shape) == (1, 3, 3, 4, 4) and block.expand.padding == "same"
     np.testing.assert_array_equal(block.norm.gamma.numpy(), np.zeros(4))  # starts as identity
-    conv = _ConvBNReLU(synchronized_bn=True, name="flow_conv")
+    conv = ConvBNReLU(synchronized_bn=True, name="flow_conv")
     conv.build((None, 3, 6, 7, 4))
     assert [w.path for w in conv.weights] == ["flow_conv/conv/kernel"] + [
         f"flow_conv/{path}" for path in norm
@@ -545,6 +546,57 @@ def test_keras_save_load_round_trip(kind, tmp_path):
         # Keras 3.15 drops the nested Sequential's name from the loaded paths; compare the ends.
         assert saved.path.endswith(restored.path), (saved.path, restored.path)
         np.testing.assert_array_equal(restored.numpy(), saved.numpy())
+
+
+def _save_under_former_name(path, old_path):
+    """Rewrites a .keras file as the code before ConvBNReLU's rename wrote it: the config names
+    `_ConvBNReLU`, and the weights sit under the snake-cased former class name."""
+    import h5py
+
+    with zipfile.ZipFile(path) as source:
+        members = {name: source.read(name) for name in source.namelist()}
+    config = members["config.json"].decode()
+    assert config.count('"registered_name": "repflow_tf>ConvBNReLU"') == 1
+    config = config.replace('"class_name": "ConvBNReLU"', '"class_name": "_ConvBNReLU"')
+    config = config.replace('"repflow_tf>ConvBNReLU"', '"repflow_tf>_ConvBNReLU"')
+    members["config.json"] = config.encode()
+    weights = old_path.with_suffix(".h5")
+    weights.write_bytes(members["model.weights.h5"])
+    with h5py.File(weights, "r+") as file:
+        file.move(
+            "layers/sequential/layers/conv_bn_re_lu", "layers/sequential/layers/__conv_bn_re_lu"
+        )
+    members["model.weights.h5"] = weights.read_bytes()
+    with zipfile.ZipFile(old_path, "w") as target:
+        for name, data in members.items():
+            target.writestr(name, data)
+
+
+def test_conv_bn_relu_loads_when_saved_under_its_former_name(tmp_path):
+    layer = ConvBNReLU(synchronized_bn=True, name="flow_conv")
+    serialized = keras.saving.serialize_keras_object(layer)
+    assert (serialized["class_name"], serialized["registered_name"]) == (
+        "ConvBNReLU",
+        "repflow_tf>ConvBNReLU",
+    )
+    former = {
+        **serialized,
+        "class_name": "_ConvBNReLU",
+        "registered_name": "repflow_tf>_ConvBNReLU",
+    }
+    restored = keras.saving.deserialize_keras_object(former)
+    assert isinstance(restored, ConvBNReLU) and restored.get_config() == layer.get_config()
+
+    inputs = keras.Input((None, 6, 7, 4))
+    model = keras.Model(inputs, flow_stack("fcf", channels_reduced=2, num_iter=2)(inputs))
+    _perturb_weights(model)
+    clips = np.abs(moving_clips((2, 4, 6, 7, 4), seed=22))
+    expected = model(clips, training=False).numpy()
+    model.save(tmp_path / "new.keras")
+    _save_under_former_name(tmp_path / "new.keras", tmp_path / "former.keras")
+    loaded = keras.models.load_model(tmp_path / "former.keras")
+    assert isinstance(loaded.get_layer("flow_stack_fcf").get_layer("flow_conv"), ConvBNReLU)
+    np.testing.assert_array_equal(loaded(clips, training=False).numpy(), expected)
 
 
 def _init_arguments(cls):
