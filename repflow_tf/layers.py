@@ -41,6 +41,35 @@ def _validate_jit_compile(jit_compile) -> bool | str:
     return jit_compile
 
 
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class ClipByValue(keras.constraints.Constraint):
+    """Clips every entry of a weight to `[min_value, max_value]` (after each optimizer step).
+
+    RepresentationFlow keeps log θ, log λ, log τ within the logarithms of [1e-4, 1e4] with it.
+
+    >>> constraint = ClipByValue(-1.0, 1.0)
+    >>> constraint(tf.constant([-3.0, 0.5, 2.0])).numpy().tolist()
+    [-1.0, 0.5, 1.0]
+    >>> ClipByValue.from_config(constraint.get_config()).get_config()
+    {'min_value': -1.0, 'max_value': 1.0}
+    """
+
+    def __init__(self, min_value: float, max_value: float):
+        if not min_value <= max_value:
+            raise ValueError(
+                "`min_value` must not exceed `max_value`. "
+                f"Received: min_value={min_value!r}, max_value={max_value!r}"
+            )
+        self.min_value = float(min_value)
+        self.max_value = float(max_value)
+
+    def __call__(self, w):
+        return tf.clip_by_value(w, self.min_value, self.max_value)
+
+    def get_config(self):
+        return {"min_value": self.min_value, "max_value": self.max_value}
+
+
 def normalize_per_channel(clips: tf.Tensor) -> tf.Tensor:
     """Rescales each example's channel to [0, 255] over (time, height, width); constant gives 0.
 
@@ -144,15 +173,13 @@ class RepresentationFlow(keras.layers.Layer):
             return self.add_weight(
                 name=name,
                 shape=value.shape,
-                initializer=lambda shape, dtype=None: tf.constant(value, dtype=dtype),
+                initializer=keras.initializers.Constant(value),
                 trainable=group in self.learn,
                 autocast=False,
                 constraint=constraint,
             )
 
-        def clip_log(log_value):  # applied by Keras optimizers after each step
-            return tf.clip_by_value(log_value, *_LOG_HYPER_RANGE)
-
+        clip_log = ClipByValue(*_LOG_HYPER_RANGE)  # applied by Keras optimizers after each step
         image_x, image_y = ops.image_gradient_kernels(self.gradient, channels)
         diff_x, diff_y = ops.difference_kernels(channels)
         self.image_gradient_x = constant_weight("image_gradient_x", image_x, "sobel")

@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from repflow_tf.benchmarks import references
 from repflow_tf.layers import (
+    ClipByValue,
     ConvBNReLU,
     FlowBlock,
     RepresentationFlow,
@@ -597,6 +598,26 @@ def test_conv_bn_relu_loads_when_saved_under_its_former_name(tmp_path):
     loaded = keras.models.load_model(tmp_path / "former.keras")
     assert isinstance(loaded.get_layer("flow_stack_fcf").get_layer("flow_conv"), ConvBNReLU)
     np.testing.assert_array_equal(loaded(clips, training=False).numpy(), expected)
+
+
+def test_clip_by_value_constraint_round_trips_and_bounds_the_log_hyperparameters():
+    constraint = ClipByValue(-2.0, 3.0)
+    serialized = keras.constraints.serialize(constraint)
+    assert serialized["registered_name"] == "repflow_tf>ClipByValue"
+    restored = keras.constraints.deserialize(serialized)
+    assert isinstance(restored, ClipByValue) and restored.get_config() == constraint.get_config()
+    assert restored(tf.constant([-5.0, 1.0, 7.0])).numpy().tolist() == [-2.0, 1.0, 3.0]
+    with pytest.raises(ValueError, match=r"min_value=1\.0, max_value=0\.0"):
+        ClipByValue(1.0, 0.0)
+    layer = RepresentationFlow(num_iter=2)
+    layer.build((None, 3, 6, 7, 2))
+    for weight in layer.weights:
+        if weight.path.split("/")[-1].startswith("log_"):
+            bounds = (np.log(1e-4), np.log(1e4))
+            assert isinstance(weight.constraint, ClipByValue), weight.path
+            np.testing.assert_allclose(list(weight.constraint.get_config().values()), bounds)
+        else:
+            assert weight.constraint is None, weight.path
 
 
 def _init_arguments(cls):
