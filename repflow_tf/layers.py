@@ -132,8 +132,6 @@ class RepresentationFlow(keras.layers.Layer):
         jit_compile: bool | str = "auto",
         **kwargs,
     ):
-        # Variables must not be autocast: the whole iteration runs in float32.
-        kwargs["autocast"] = False
         super().__init__(**kwargs)
         ops.validate_num_iter(num_iter)
         self.num_iter = int(num_iter)
@@ -144,6 +142,12 @@ class RepresentationFlow(keras.layers.Layer):
         self.tau = _validate_hyperparameter("tau", tau)
         self.normalize = bool(normalize)
         self.jit_compile = _validate_jit_compile(jit_compile)
+
+    @property
+    def input_dtype(self):
+        # Floating-point inputs reach `call` as float32 whatever the policy and `autocast` (not
+        # rounded to a float16 compute dtype first); integer inputs are left to `call` to refuse.
+        return "float32"
 
     def _check_input_shape(self, input_shape) -> None:
         if len(input_shape) != 5:
@@ -175,6 +179,7 @@ class RepresentationFlow(keras.layers.Layer):
                 shape=value.shape,
                 initializer=keras.initializers.Constant(value),
                 trainable=group in self.learn,
+                # Read in float32 whatever the dtype policy: the whole iteration runs in float32.
                 autocast=False,
                 constraint=constraint,
             )

@@ -291,6 +291,18 @@ def test_mixed_precision_matches_float32(policy, dtype, reset_policy):
     assert np.all(np.isfinite(tf.cast(block_out, tf.float32).numpy()))
 
 
+@pytest.mark.parametrize("autocast", [None, True, False])
+def test_inputs_reach_the_flow_unrounded_whatever_autocast(autocast, reset_policy):
+    x = tf.constant(moving_clips((2, 3, 8, 9, 2), seed=21))
+    expected = RepresentationFlow(num_iter=3)(x)
+    keras.mixed_precision.set_dtype_policy("mixed_float16")
+    layer = RepresentationFlow(num_iter=3, **({} if autocast is None else {"autocast": autocast}))
+    assert layer.autocast is (autocast is not False)  # the caller's choice (or Keras's default)
+    # float32 inputs are not rounded to float16 on the way in: the float32 result, rounded once.
+    np.testing.assert_array_equal(layer(x).numpy(), tf.cast(expected, tf.float16).numpy())
+    assert all(v.dtype == "float32" for v in layer.weights)
+
+
 def _realistic_fit(plain_autodiff):
     """model.fit of a FlowBlock at the paper's feature-map size, layer XLA off.
 
