@@ -15,16 +15,16 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
-from repflow_tf import ops
+from repflow_tf import options
 from repflow_tf.fileio import write_atomic
 
 KINDS = ("2d", "2plus1d", "3d")
 DEPTHS = (18, 34, 50)
 FLOW_POSITIONS = ("none", "input", "stem", "block1", "block2", "block3", "block4")
-# The flow layers' own options are defined once, in ops.
-FLOW_STACKS = ops.FLOW_STACKS
-FLOW_LEARN_GROUPS = ops.LEARNABLE_GROUPS
-FLOW_GRADIENTS = ops.GRADIENTS
+# The flow layers' own options are defined once, in options.
+FLOW_STACKS = options.FLOW_STACKS
+FLOW_LEARN_GROUPS = options.LEARNABLE_GROUPS
+FLOW_GRADIENTS = options.GRADIENTS
 FUSIONS = ("none", "late", "add", "multiply", "layer_multiply", "concat")
 INPUTS = ("rgb", "optical_flow", "rgb+optical_flow")
 INPUT_NORMALIZATIONS = ("imagenet", "symmetric")
@@ -142,7 +142,7 @@ class ModelConfig:
         # Canonical order, so equal configs compare equal (TOML gives lists).
         object.__setattr__(self, "flow_learn", tuple(g for g in FLOW_LEARN_GROUPS if g in learn))
         _check_int("flow_channels", self.flow_channels, 1)
-        ops.validate_gradient(self.flow_gradient, "flow_gradient")
+        options.validate_gradient(self.flow_gradient, "flow_gradient")
         _check_choice("fusion", self.fusion, FUSIONS)
         _check_choice("inputs", self.inputs, INPUTS)
         if (

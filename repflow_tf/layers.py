@@ -8,11 +8,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from repflow_tf import ops
+from repflow_tf import ops, options
 
 # Option names, defined in ops.
-LEARNABLE_GROUPS = ops.LEARNABLE_GROUPS
-FLOW_STACKS = ops.FLOW_STACKS
+LEARNABLE_GROUPS = options.LEARNABLE_GROUPS
+FLOW_STACKS = options.FLOW_STACKS
 # Learned θ, λ, τ are kept within [1e-4, 1e4]: exp(log θ) of an unbounded log underflows to 0
 # (τ/θ = inf, NaN flow) or overflows to inf after one large optimizer step.
 _LOG_HYPER_RANGE = (float(np.log(1e-4)), float(np.log(1e4)))
@@ -135,8 +135,8 @@ class RepresentationFlow(keras.layers.Layer):
         super().__init__(**kwargs)
         ops.validate_num_iter(num_iter)
         self.num_iter = int(num_iter)
-        self.gradient = ops.validate_gradient(gradient)
-        self.learn = ops.validate_learn(learn)
+        self.gradient = options.validate_gradient(gradient)
+        self.learn = options.validate_learn(learn)
         self.theta = _validate_hyperparameter("theta", theta)
         self.lambda_ = _validate_hyperparameter("lambda_", lambda_)
         self.tau = _validate_hyperparameter("tau", tau)

@@ -28,44 +28,13 @@ EPSILON = 1e-12
 # stacks of both flow components the iteration works on.
 _Y, _X = -3, -2
 
-# === Option names ===
-
-# The one definition of each option's choices: layers.py and config.py take them from here
-# (ops imports neither of them).
-GRADIENTS = ("sobel", "central")
-# Learnable groups of the paper's Table 2: image-gradient kernels, div / ∇u kernels, θ λ τ.
-LEARNABLE_GROUPS = ("sobel", "divergence", "hyper")
-# Flow stacks of the paper's Table 5 (`layers.flow_stack`): one flow block, flow-of-flow,
-# flow-conv-flow.
-FLOW_STACKS = ("single", "fof", "fcf")
-
-
-def validate_gradient(gradient: str, name: str = "gradient") -> str:
-    """Returns `gradient` if it is one of GRADIENTS, else raises a ValueError naming `name`.
-
-    >>> validate_gradient("prewitt")
-    Traceback (most recent call last):
-    ...
-    ValueError: `gradient` must be one of ('sobel', 'central'). Received: gradient='prewitt'
-    """
-    if gradient not in GRADIENTS:
-        raise ValueError(f"`{name}` must be one of {GRADIENTS}. Received: {name}={gradient!r}")
-    return gradient
-
-
-def validate_learn(learn: str | Iterable[str] | None) -> tuple[str, ...]:
-    """`learn` as a tuple in LEARNABLE_GROUPS order; raises ValueError naming unknown groups."""
-    if isinstance(learn, str):
-        learn = (learn,)
-    learn = tuple(learn or ())
-    unknown = [group for group in learn if group not in LEARNABLE_GROUPS]
-    if unknown:
-        raise ValueError(
-            f"`learn` must be a subset of {LEARNABLE_GROUPS}. Received: learn={learn!r} "
-            f"(unknown: {unknown})"
-        )
-    return tuple(group for group in LEARNABLE_GROUPS if group in learn)
-
+# The option names and their checks live in repflow_tf.options (free of TensorFlow, so that a
+# config is checked before TensorFlow starts).
+from repflow_tf.options import (  # noqa: E402
+    LEARNABLE_GROUPS,
+    validate_gradient,
+    validate_learn,
+)
 
 # === Default kernels ===
 

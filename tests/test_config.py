@@ -5,7 +5,7 @@ import re
 import pytest
 
 from repflow_tf import config as config_lib
-from repflow_tf import ops
+from repflow_tf import options
 from repflow_tf.config import (
     ConfigError,
     ExperimentConfig,
@@ -89,12 +89,27 @@ def test_override_errors_name_the_override(tmp_path):
 
 def test_flow_options_are_the_flow_layers_own():
     # One definition each (ops); the config accepts exactly what the flow layers accept.
-    assert config_lib.FLOW_GRADIENTS is ops.GRADIENTS
-    assert config_lib.FLOW_LEARN_GROUPS is ops.LEARNABLE_GROUPS
-    assert config_lib.FLOW_STACKS is ops.FLOW_STACKS
+    assert config_lib.FLOW_GRADIENTS is options.GRADIENTS
+    assert config_lib.FLOW_LEARN_GROUPS is options.LEARNABLE_GROUPS
+    assert config_lib.FLOW_STACKS is options.FLOW_STACKS
     message = "`flow_gradient` must be one of ('sobel', 'central'). Received: flow_gradient=True"
     with pytest.raises(ValueError, match=re.escape(message)):
         ModelConfig(flow_gradient=True)
     with pytest.raises(ValueError, match=re.escape(message.replace("flow_gradient", "gradient"))):
-        ops.validate_gradient(True)
-    assert ops.validate_gradient("central") == "central"
+        options.validate_gradient(True)
+    assert options.validate_gradient("central") == "central"
+
+
+def test_a_config_is_checked_before_tensorflow_starts():
+    """config (and the CLI plumbing and file output it needs) import no TensorFlow, so a bad
+    flag or config answers at once, without TensorFlow's start-up time and log lines."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, repflow_tf.config, repflow_tf.cli, repflow_tf.fileio, repflow_tf.options; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from repflow_tf import options
 from repflow_tf.benchmarks import references
 from repflow_tf.layers import (
     ClipByValue,
@@ -744,7 +745,7 @@ def test_flow_block_bad_rank_and_flow_stack_bad_kind():
 
 
 def test_option_names_are_defined_once_in_ops():
-    from repflow_tf import layers, ops
+    from repflow_tf import layers
 
-    assert layers.FLOW_STACKS is ops.FLOW_STACKS
-    assert layers.LEARNABLE_GROUPS is ops.LEARNABLE_GROUPS
+    assert layers.FLOW_STACKS is options.FLOW_STACKS
+    assert layers.LEARNABLE_GROUPS is options.LEARNABLE_GROUPS
