@@ -236,6 +236,57 @@ def input_spec(config: ModelConfig, modality: str = "rgb") -> tuple:
     return (frames, size, size, MODALITY_CHANNELS[modality])
 
 
+def _check_modality(config: ModelConfig, modality: str) -> None:
+    if modality not in MODALITY_CHANNELS:
+        raise ValueError(
+            f"`modality` must be one of {tuple(MODALITY_CHANNELS)}. Received: modality={modality!r}"
+        )
+    if modality == "optical_flow" and config.flow_position != "none":
+        raise ValueError("An optical flow backbone takes no representation flow layer.")
+
+
+class _FlowPlacement:
+    """Puts the flow stack on the feature path. The 2D kind folds time into the batch, so there
+    the features are unfolded (against `five_d`, the latest 5-D tensor) and folded again."""
+
+    def __init__(self, config: ModelConfig, five_d):
+        self.config = config
+        self.five_d = five_d
+
+    def __call__(self, x):
+        if self.config.kind != "2d":
+            return _feature_flow(x, self.config)
+        self.five_d = _feature_flow(UnfoldTime(name="flow_unfold")([x, self.five_d]), self.config)
+        return FoldTime(name="flow_fold")(self.five_d)
+
+
+def _stem(x, config: ModelConfig):
+    """7x7 conv stride 2 (3x7x7 in 3D), BN, ReLU, 3x3 max pool stride 2."""
+    x = _conv_bn(x, config.base_width, 7, 2, 3, "conv1", config)
+    if config.kind == "2d":
+        return keras.layers.MaxPooling2D(3, 2, padding="same", name="pool1")(x)
+    return keras.layers.MaxPooling3D((1, 3, 3), (1, 2, 2), padding="same", name="pool1")(x)
+
+
+def _residual_groups(x, config: ModelConfig, flow: _FlowPlacement):
+    """The four groups of residual blocks, with the flow stack after `config.flow_position`."""
+    block_type, blocks = RESNET_BLOCKS[config.depth]
+    for group, (num_blocks, stride) in enumerate(zip(blocks, GROUP_STRIDES, strict=True), start=1):
+        filters = config.base_width * 2 ** (group - 1)
+        for block in range(1, num_blocks + 1):
+            x = _residual_block(
+                x,
+                filters,
+                stride if block == 1 else 1,
+                block_type,
+                f"group{group}_block{block}",
+                config,
+            )
+        if config.flow_position == f"block{group}":
+            x = flow(x)
+    return x
+
+
 def build_backbone(
     config: ModelConfig, modality: str = "rgb", name: str | None = None
 ) -> keras.Model:
@@ -252,54 +303,20 @@ def build_backbone(
     >>> backbone(tf.zeros((2, 4, 64, 64, 3))).shape
     TensorShape([2, 3, 2, 2, 64])
     """
-    if modality not in MODALITY_CHANNELS:
-        raise ValueError(
-            f"`modality` must be one of {tuple(MODALITY_CHANNELS)}. Received: modality={modality!r}"
-        )
-    if modality == "optical_flow" and config.flow_position != "none":
-        raise ValueError("An optical flow backbone takes no representation flow layer.")
+    _check_modality(config, modality)
     input_name = "frames" if modality == "rgb" else "optical_flow"
     inputs = keras.Input(input_spec(config, modality), name=input_name)
     position = config.flow_position
     x = _preprocess(inputs, modality, config)
     if position == "input":
         x = _fuse(_input_flow(inputs, config), x, config)
-
-    five_d = x  # the latest 5-D tensor (2D kind: the one that was folded)
+    flow = _FlowPlacement(config, x)
     if config.kind == "2d":
         x = FoldTime(name="fold_time")(x)
-
-    def flow_here(x):
-        nonlocal five_d
-        if config.kind != "2d":
-            return _feature_flow(x, config)
-        five_d = _feature_flow(UnfoldTime(name="flow_unfold")([x, five_d]), config)
-        return FoldTime(name="flow_fold")(five_d)
-
-    # Stem: 7x7 conv stride 2 (3x7x7 in 3D), BN, ReLU, 3x3 max pool stride 2.
-    x = _conv_bn(x, config.base_width, 7, 2, 3, "conv1", config)
-    if config.kind == "2d":
-        x = keras.layers.MaxPooling2D(3, 2, padding="same", name="pool1")(x)
-    else:
-        x = keras.layers.MaxPooling3D((1, 3, 3), (1, 2, 2), padding="same", name="pool1")(x)
+    x = _stem(x, config)
     if position == "stem":
-        x = flow_here(x)
-
-    block_type, blocks = RESNET_BLOCKS[config.depth]
-    for group, (num_blocks, stride) in enumerate(zip(blocks, GROUP_STRIDES, strict=True), start=1):
-        filters = config.base_width * 2 ** (group - 1)
-        for block in range(1, num_blocks + 1):
-            x = _residual_block(
-                x,
-                filters,
-                stride if block == 1 else 1,
-                block_type,
-                f"group{group}_block{block}",
-                config,
-            )
-        if position == f"block{group}":
-            x = flow_here(x)
-
+        x = flow(x)
+    x = _residual_groups(x, config, flow)
     if config.kind == "2d":
-        x = UnfoldTime(name="unfold_time")([x, five_d])
+        x = UnfoldTime(name="unfold_time")([x, flow.five_d])
     return keras.Model(inputs, x, name=name or f"{modality}_backbone")
