@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from repflow_tf import data
-from repflow_tf.fileio import write_json_atomic
+from repflow_tf.fileio import write_atomic, write_json_atomic
 from repflow_tf.workdir import (
     LOGS_DIR,
     TrainedModel,
@@ -309,7 +309,7 @@ def write_report(
         },
     )
     image = render_confusion(result.confusion)
-    tf.io.write_file(paths["confusion.png"], tf.io.encode_png(image))
+    write_atomic(paths["confusion.png"], tf.io.encode_png(image).numpy())
     if log_dir is not None:
         writer = tf.summary.create_file_writer(log_dir)
         with writer.as_default():
