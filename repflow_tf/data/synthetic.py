@@ -11,6 +11,7 @@ converted by the same converter as real datasets, so the demo exercises the path
 from __future__ import annotations
 
 import csv
+import io
 import os
 import sys
 from typing import TextIO
@@ -20,6 +21,7 @@ import numpy as np
 from repflow_tf.data.convert import ConvertOptions, convert_split
 from repflow_tf.data.splits import parse_csv
 from repflow_tf.data.video import write_video
+from repflow_tf.fileio import atomic_output, write_atomic
 
 # Image coordinates: x grows to the right, y grows downwards.
 _DIRECTIONS = {
@@ -148,12 +150,13 @@ def make_synthetic_dataset(
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 rng = np.random.default_rng([seed, split_id, i])
                 clip = render_clip(rng, label, num_frames=num_frames, size=size)
-                write_video(path + ".tmp.mp4", clip)
-                os.replace(path + ".tmp.mp4", path)
+                with atomic_output(path) as temporary:
+                    write_video(temporary, clip)
             rows.append((relative, label))
         list_path = os.path.join(output_dir, f"{split}.csv")
-        with open(list_path, "w", newline="") as f:
-            csv.writer(f).writerows([("path", "label"), *rows])
+        text = io.StringIO()
+        csv.writer(text).writerows([("path", "label"), *rows])
+        write_atomic(list_path, text.getvalue())
         convert_split(
             parse_csv(list_path, class_names=names),
             os.path.join(output_dir, "tfrecords"),
