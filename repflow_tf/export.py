@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -33,7 +32,7 @@ import tensorflow as tf
 
 from repflow_tf import data
 from repflow_tf.evaluation import TOP_K
-from repflow_tf.fileio import replace_directory, write_atomic, write_json_atomic
+from repflow_tf.fileio import atomic_directory, write_atomic, write_json_atomic
 from repflow_tf.workdir import TrainedModel, Workdir, one_line
 
 SIGNATURE = "serving_default"
@@ -187,9 +186,7 @@ def export_model(
     time_steps = _check_exportable(model, class_names, preprocessing.crop_size)
     archive = _archive(model, class_names, preprocessing, time_steps)
     output_dir = os.path.normpath(output_dir)
-    temporary = f"{output_dir}.tmp-{os.getpid()}"
-    shutil.rmtree(temporary, ignore_errors=True)
-    try:
+    with atomic_directory(output_dir) as temporary:
         archive.write_out(temporary, verbose=False)
         assets = os.path.join(temporary, ASSETS_DIR)
         os.makedirs(assets, exist_ok=True)
@@ -198,9 +195,6 @@ def export_model(
         )
         write_json_atomic(os.path.join(assets, PREPROCESSING_ASSET), preprocessing.to_json())
         _check_output(output_dir, overwrite)  # again: it may have appeared meanwhile
-        replace_directory(temporary, output_dir)
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)
     return output_dir
 
 

@@ -102,6 +102,30 @@ def write_json_atomic(path: str, content: Any, indent: int = 1) -> None:
     write_atomic(path, json.dumps(content, indent=indent) + "\n")
 
 
+@contextlib.contextmanager
+def atomic_directory(path: str) -> Iterator[str]:
+    """Yields a temporary path next to the directory `path` to build its new content in; on
+    success it replaces `path` (`replace_directory`), on an error it is removed and `path` is
+    left as it was (local filesystems only).
+
+    >>> import tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "export")
+    >>> with atomic_directory(path) as temporary:
+    ...     os.makedirs(temporary)
+    ...     _ = open(os.path.join(temporary, "saved_model.pb"), "w").write("graph")
+    >>> os.listdir(path)
+    ['saved_model.pb']
+    """
+    path = os.path.normpath(path)
+    temporary = f"{path}.tmp-{os.getpid()}"
+    _remove(temporary)  # left by an earlier, killed run of this process id
+    try:
+        yield temporary
+        replace_directory(temporary, path)
+    finally:
+        _remove(temporary)  # nothing left after a success
+
+
 def replace_directory(temporary: str, directory: str) -> None:
     """Moves the finished directory `temporary` to `directory`, replacing any old one.
 

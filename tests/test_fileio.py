@@ -64,3 +64,15 @@ def test_the_config_and_class_name_writers_are_durable(tmp_path, fsyncs):
     assert fsyncs == ["file", "dir"] * 2
     assert load_config(str(tmp_path / "config.toml")) == config
     assert json.loads((tmp_path / "class_names.json").read_text()) == ["a", "b"]
+
+
+def test_a_failed_directory_build_leaves_the_old_one_and_no_temporary(tmp_path):
+    target = tmp_path / "export"
+    target.mkdir()
+    (target / "saved_model.pb").write_text("old")
+    with pytest.raises(RuntimeError), fileio.atomic_directory(str(target)) as temporary:
+        os.makedirs(temporary)
+        (tmp_path / os.path.basename(temporary) / "saved_model.pb").write_text("half")
+        raise RuntimeError("killed while exporting")
+    assert (target / "saved_model.pb").read_text() == "old"
+    assert sorted(os.listdir(tmp_path)) == ["export"]
