@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from repflow_tf import ops, options
 
-# Option names, defined in ops.
+# Option names, defined in repflow_tf.options.
 LEARNABLE_GROUPS = options.LEARNABLE_GROUPS
 FLOW_STACKS = options.FLOW_STACKS
 # Learned θ, λ, τ are kept within [1e-4, 1e4]: exp(log θ) of an unbounded log underflows to 0

@@ -186,11 +186,16 @@ def evaluation_starts(
     >>> evaluation_starts(100, num_frames=16, stride=2, num_clips=3).numpy().tolist()
     [0, 34, 69]
     """
-    max_start = tf.maximum(tf.cast(length, tf.int32) - (num_frames - 1) * stride - 1, 0)
+    max_start = _last_start(length, num_frames, stride)
     if num_clips is None or num_clips == 1:
         return tf.reshape(max_start // 2, [1])
     spaced = tf.linspace(0.0, tf.cast(max_start, tf.float32), num_clips)
     return tf.cast(tf.round(spaced), tf.int32)
+
+
+def _last_start(length: tf.Tensor, num_frames: int, stride: int) -> tf.Tensor:
+    """The last frame a whole clip can start at (0 for videos shorter than a clip)."""
+    return tf.maximum(tf.cast(length, tf.int32) - (num_frames - 1) * stride - 1, 0)
 
 
 def centre_window(height: tf.Tensor, width: tf.Tensor, crop_size: int) -> tf.Tensor:
@@ -375,7 +380,7 @@ class _Sampling:
         length = record["num_frames"]
         sample_seed, crop_seed = tf.unstack(tf.random.experimental.stateless_split(seed_pair, 2))
         if self.training:
-            max_start = tf.maximum(length - (self.num_frames - 1) * self.stride - 1, 0)
+            max_start = _last_start(length, self.num_frames, self.stride)
             starts = tf.random.stateless_uniform([1], sample_seed, 0, max_start + 1, dtype=tf.int32)
         else:
             starts = evaluation_starts(length, self.num_frames, self.stride, self.num_clips)
@@ -403,8 +408,9 @@ class _Sampling:
             frames = tf.cond(mirrored, lambda: tf.reverse(frames, axis=[2]), lambda: frames)
         frames = tf.clip_by_value(frames, *FRAME_RANGE)
         shape = [self.num_frames, self.crop_size, self.crop_size, 3]
-        clips = 1 if self.num_clips is None else self.num_clips
-        return tf.reshape(frames, shape if self.num_clips is None else [clips, *shape]), label
+        if self.num_clips is not None:
+            shape = [self.num_clips, *shape]
+        return tf.reshape(frames, shape), label
 
 
 def _check_arguments(**values: int | None) -> None:
