@@ -9,6 +9,7 @@ pipeline batch of the same shape; --steps_per_second=S uses a measured rate inst
 --model_config="" skips the model. See `repflow_tf.benchmarks.pipeline`.
 """
 
+import dataclasses
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -46,7 +47,7 @@ flags.DEFINE_integer("model_steps", DEFAULTS.model_steps, "Train steps timed.", 
 def _run(argv: list[str]) -> None:
     if len(argv) > 1:
         fail(f"unexpected arguments {argv[1:]}; every option is a --flag")
-    names = [field.name for field in pipeline.PipelineSettings.__dataclass_fields__.values()]
+    names = [field.name for field in dataclasses.fields(pipeline.PipelineSettings)]
     settings = pipeline.PipelineSettings(**{name: FLAGS[name].value for name in names})
     try:
         pipeline.run(settings)

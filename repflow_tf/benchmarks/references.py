@@ -111,7 +111,7 @@ class ModelGardenStyleFlow(keras.layers.Layer):
             return self.add_weight(
                 name=name,
                 shape=value.shape,
-                initializer=lambda shape, dtype=None: tf.constant(value, dtype=dtype),
+                initializer=keras.initializers.Constant(value),
                 trainable=group in self.learn,
                 autocast=False,
             )
