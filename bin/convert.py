@@ -46,6 +46,14 @@ flags.DEFINE_float("fps", 0, "Resample to this frame rate (0: keep every frame).
 flags.DEFINE_integer("jpeg_quality", 90, "JPEG quality of the stored frames (1-100).")
 flags.DEFINE_integer("min_frames", 16, "Reject videos with fewer frames (use the clip length).")
 flags.DEFINE_integer("videos_per_shard", 100, "Target shard size, in videos.")
+flags.DEFINE_enum(
+    "optical_flow",
+    "none",
+    ["none", *data.OPTICAL_FLOW_METHODS],
+    "Also store optical flow per frame pair, for the two-stream baselines (tvl1: OpenCV's Dual "
+    "TV-L1; pip install -e '.[optical_flow]').",
+)
+flags.DEFINE_float("flow_bound", data.DEFAULT_FLOW_BOUND, "Stored flow is clipped to +-this (px).")
 flags.DEFINE_integer(
     "num_workers", os.cpu_count() or 1, "Worker processes (1: in-process).", lower_bound=1
 )
@@ -69,6 +77,7 @@ def _run(argv: list[str]) -> None:
                 num_classes=FLAGS.num_classes,
                 seed=FLAGS.seed,
                 num_workers=FLAGS.num_workers,
+                optical_flow=None if FLAGS.optical_flow == "none" else FLAGS.optical_flow,
             )
             manifests = {split: data.load_manifest(path) for split, path in dirs.items()}
         else:
@@ -90,6 +99,8 @@ def _run(argv: list[str]) -> None:
                 jpeg_quality=FLAGS.jpeg_quality,
                 min_frames=FLAGS.min_frames,
                 videos_per_shard=FLAGS.videos_per_shard,
+                optical_flow=None if FLAGS.optical_flow == "none" else FLAGS.optical_flow,
+                flow_bound=FLAGS.flow_bound,
             )
             manifests = data.convert_dataset(
                 split_lists,

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from repflow_tf import options
 from repflow_tf.fileio import write_atomic
 
+INPUTS = options.INPUTS
 KINDS = ("2d", "2plus1d", "3d")
 DEPTHS = (18, 34, 50)
 FLOW_POSITIONS = ("none", "input", "stem", "block1", "block2", "block3", "block4")
@@ -26,7 +27,6 @@ FLOW_STACKS = options.FLOW_STACKS
 FLOW_LEARN_GROUPS = options.LEARNABLE_GROUPS
 FLOW_GRADIENTS = options.GRADIENTS
 FUSIONS = ("none", "late", "add", "multiply", "layer_multiply", "concat")
-INPUTS = ("rgb", "optical_flow", "rgb+optical_flow")
 INPUT_NORMALIZATIONS = ("imagenet", "symmetric")
 
 _Config = TypeVar("_Config")

@@ -333,14 +333,22 @@ def write_report(
 # === Evaluation loop ===
 
 
-def _predict_step(model: Any, clip_shape: Sequence[int]) -> Any:
-    """tf.function: (videos, clips, *clip_shape) -> logits (videos, clips, C), traced once."""
+def _predict_step(model: Any, clip_shapes: dict[str, Sequence[int]] | Sequence[int]) -> Any:
+    """tf.function: inputs (videos, clips, *clip_shape) -> logits (videos, clips, C), traced
+    once. `clip_shapes` is one shape (an RGB model) or a dict of them by input name."""
+    nested = isinstance(clip_shapes, dict)
+    shapes = clip_shapes if nested else {"frames": clip_shapes}
+    signature = {
+        name: tf.TensorSpec([None, None, *shape], tf.float32) for name, shape in shapes.items()
+    }
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None, *clip_shape], tf.float32)])
-    def step(frames: tf.Tensor) -> tf.Tensor:
-        shape = tf.shape(frames)
-        logits = model(tf.reshape(frames, [-1, *clip_shape]), training=False)
-        return tf.reshape(logits, [shape[0], shape[1], -1])
+    @tf.function(input_signature=[signature if nested else signature["frames"]])
+    def step(inputs: Any) -> tf.Tensor:
+        named = inputs if nested else {"frames": inputs}
+        first = tf.shape(next(iter(named.values())))
+        clips = {name: tf.reshape(named[name], [-1, *shape]) for name, shape in shapes.items()}
+        logits = model(clips if nested else clips["frames"], training=False)
+        return tf.reshape(logits, [first[0], first[1], -1])
 
     return step
 
@@ -371,6 +379,7 @@ def evaluate_model(
     manifest = data.load_manifest(split_dir)
     check_data_classes(manifest, split_dir, trained)
     sampling = trained.config.data
+    inputs = trained.config.model.inputs
     dataset = data.video_dataset(
         split_dir,
         training=False,
@@ -379,16 +388,25 @@ def evaluate_model(
         crop_size=sampling.crop_size,
         num_clips=None if num_clips == 1 else num_clips,
         batch_size=batch_size,
+        inputs=inputs,
     )
-    clip_shape = (sampling.num_frames, sampling.crop_size, sampling.crop_size, 3)
-    step = _predict_step(trained.model, clip_shape)
+    size = sampling.crop_size
+    clip_shapes = {
+        "frames": (sampling.num_frames, size, size, 3),
+        "optical_flow": (sampling.num_frames - 1, size, size, 2),
+    }
+    if inputs == "rgb":
+        step = _predict_step(trained.model, clip_shapes["frames"])
+    else:
+        wanted = ("frames", "optical_flow") if inputs == "rgb+optical_flow" else ("optical_flow",)
+        step = _predict_step(trained.model, {name: clip_shapes[name] for name in wanted})
     metrics = ClassificationMetrics(len(trained.class_names))
     num_batches = max(1, math.ceil(manifest.num_accepted / batch_size))
     start = time.perf_counter()
     label = label or os.path.basename(os.path.normpath(split_dir))
     for index, (frames, labels) in enumerate(dataset, start=1):
         if num_clips == 1:
-            frames = frames[:, None]
+            frames = tf.nest.map_structure(lambda x: x[:, None], frames)
         metrics.update(step(frames).numpy(), labels.numpy())
         if log is not None and (index % log_every == 0 or index == num_batches):
             elapsed = time.perf_counter() - start

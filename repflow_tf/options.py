@@ -14,6 +14,9 @@ LEARNABLE_GROUPS = ("sobel", "divergence", "hyper")
 # Flow stacks of the paper's Table 5 (`layers.flow_stack`): one flow block, flow-of-flow,
 # flow-conv-flow.
 FLOW_STACKS = ("single", "fof", "fcf")
+# What a model reads (`ModelConfig.inputs`) and so what the reader yields: RGB frames, precomputed
+# optical flow (the paper's "Flow CNN" baseline), or both (two-stream).
+INPUTS = ("rgb", "optical_flow", "rgb+optical_flow")
 
 
 def validate_gradient(gradient: str, name: str = "gradient") -> str:

@@ -274,6 +274,9 @@ def prepare_data(config: ExperimentConfig, chief: bool = True, timeout: float = 
                     num_frames=max(24, config.data.num_frames * config.data.stride),
                     size=config.data.synthetic_size,
                     seed=config.runtime.seed,
+                    # TV-L1 is the slow part: one worker process per core.
+                    num_workers=None if config.model.inputs != "rgb" else 1,
+                    optical_flow=None if config.model.inputs == "rgb" else "tvl1",
                 )
             except ValueError as error:
                 raise TrainingError(f"synthetic data in {config.data.root}: {error}") from None
@@ -330,6 +333,7 @@ def clip_dataset(
         area_range=options.crop_area,
         aspect_ratio_range=options.crop_aspect_ratio,
         seed=seed,
+        inputs=config.model.inputs,
     )
     pipelines = input_context.num_input_pipelines if input_context else 1
     if pipelines > 1 and len(data.list_shards(source)) < pipelines:
@@ -342,7 +346,7 @@ def clip_dataset(
             source, batch_size=batch_size, input_context=input_context, **kwargs
         )
     classes = config.model.num_classes
-    return clips.map(lambda frames, label: (frames, tf.one_hot(label, classes)))
+    return clips.map(lambda inputs, label: (inputs, tf.one_hot(label, classes)))
 
 
 # === Workdir ===
@@ -520,11 +524,6 @@ def train(
 
 def _check_setup(config: ExperimentConfig, replicas: int) -> None:
     """Refuses what training cannot do with this config, before anything is built."""
-    if config.model.inputs != "rgb":
-        raise TrainingError(
-            f"model.inputs={config.model.inputs!r}: training reads RGB clips only "
-            "(precomputed optical flow input is not supported)"
-        )
     if config.data.batch_size % replicas:
         raise TrainingError(
             f"data.batch_size={config.data.batch_size} is not divisible by the "
@@ -608,7 +607,9 @@ def _chief_callbacks(config, workdir, state, model, parts, splits, log) -> list:
             os.path.join(workdir, LOGS_DIR),
             state,
             stepping_optimizers(model, parts),
-            flow_clip=val_clip[0],
+            # The flow layer's images; a model reading optical flow takes a dict, and its
+            # RGB stream has no flow layer.
+            flow_clip=val_clip[0] if config.model.inputs == "rgb" else None,
             images_every=trainer.flow_images_every_epochs,
             histograms_every=trainer.histograms_every_epochs,
             batch_every=trainer.log_every_steps,

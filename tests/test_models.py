@@ -70,7 +70,7 @@ def _inputs(config: ModelConfig, batch=BATCH, frames=FRAMES, size=SIZE, seed=0):
     if config.inputs == "rgb":
         return frames_in
     if config.inputs == "optical_flow":
-        return optical_flow
+        return {"optical_flow": optical_flow}
     return {"frames": frames_in, "optical_flow": optical_flow}
 
 

@@ -15,6 +15,9 @@ from repflow_tf.data.convert import (
     report_rejections,
 )
 from repflow_tf.data.manifest import Manifest, Rejection, ShardInfo, load_manifest
+from repflow_tf.data.optical_flow import DEFAULT_BOUND as DEFAULT_FLOW_BOUND
+from repflow_tf.data.optical_flow import METHODS as OPTICAL_FLOW_METHODS
+from repflow_tf.data.optical_flow import TVL1, dequantize_flow, quantize_flow
 from repflow_tf.data.pipeline import (
     FRAME_RANGE,
     centre_window,
@@ -25,6 +28,8 @@ from repflow_tf.data.pipeline import (
 )
 from repflow_tf.data.schema import (
     FILENAME_KEY,
+    FLOW_X_KEY,
+    FLOW_Y_KEY,
     IMAGE_KEY,
     LABEL_INDEX_KEY,
     LABEL_TEXT_KEY,
@@ -49,7 +54,12 @@ from repflow_tf.data.synthetic import class_names, make_synthetic_dataset, rende
 from repflow_tf.data.video import VideoDecodeError, iter_frames, read_video, write_video
 
 __all__ = [
+    "DEFAULT_FLOW_BOUND",
     "FILENAME_KEY",
+    "FLOW_X_KEY",
+    "FLOW_Y_KEY",
+    "OPTICAL_FLOW_METHODS",
+    "TVL1",
     "FORMATS",
     "FRAME_RANGE",
     "IMAGE_KEY",
@@ -67,6 +77,8 @@ __all__ = [
     "class_names",
     "convert_dataset",
     "convert_split",
+    "dequantize_flow",
+    "quantize_flow",
     "encode_frame",
     "encode_video",
     "jpeg_round_trip",

@@ -16,6 +16,7 @@ from typing import Any
 
 import tensorflow as tf
 
+from repflow_tf.data import optical_flow as optical_flow_lib
 from repflow_tf.data.manifest import load_manifest
 from repflow_tf.data.schema import (
     MANIFEST_NAME,
@@ -23,6 +24,7 @@ from repflow_tf.data.schema import (
     DataError,
     parse_sequence_example,
 )
+from repflow_tf.options import INPUTS
 
 # Frames come out as float32 RGB in [0, 255] (not rescaled): the flow layer normalises each
 # channel itself and the models rescale their RGB input.
@@ -82,8 +84,10 @@ def _manifest_of(directory: str, cache: dict[str, dict[str, Any]]) -> dict[str, 
     return cache[directory]
 
 
-def _empty_record() -> dict[str, tf.Tensor]:
+def _empty_record(optical_flow: bool) -> dict[str, tf.Tensor]:
+    flow = {"flow_x": tf.zeros([0], tf.string), "flow_y": tf.zeros([0], tf.string)}
     return {
+        **(flow if optical_flow else {}),
         "frames": tf.zeros([0], tf.string),
         "num_frames": tf.constant(0, tf.int32),
         "label": tf.constant(0, tf.int32),
@@ -92,22 +96,35 @@ def _empty_record() -> dict[str, tf.Tensor]:
     }
 
 
-def _parse_checked(record: tf.Tensor) -> dict[str, tf.Tensor]:
-    parsed = parse_sequence_example(record)
-    check = tf.debugging.assert_positive(parsed["num_frames"], message="record without frames")
-    with tf.control_dependencies([check]):
+def _parse_checked(record: tf.Tensor, optical_flow: bool) -> dict[str, tf.Tensor]:
+    parsed = parse_sequence_example(record, optical_flow)
+    checks = [tf.debugging.assert_positive(parsed["num_frames"], message="record without frames")]
+    if optical_flow:
+        for key in ("flow_x", "flow_y"):
+            checks.append(
+                tf.debugging.assert_equal(
+                    tf.shape(parsed[key])[0], parsed["num_frames"] - 1, message="flow count"
+                )
+            )
+    with tf.control_dependencies(checks):
         parsed["frames"] = tf.identity(parsed["frames"])
     return parsed
 
 
-def _read_shard(path: tf.Tensor, expected: tf.Tensor) -> tf.data.Dataset:
+def _read_shard(path: tf.Tensor, expected: tf.Tensor, optical_flow: bool) -> tf.data.Dataset:
     """The parsed records of one shard; fails with a message naming the shard when a record is
     malformed or the number of records disagrees with the manifest."""
     records = tf.data.TFRecordDataset(path)
     # A record that does not parse is dropped here and detected below as a gap in the record
     # numbers, which is the only place where the error can still name the file and record.
-    parsed = records.enumerate().map(lambda i, r: (i, _parse_checked(r))).ignore_errors()
-    end = tf.data.Dataset.from_tensors((tf.constant(-1, tf.int64), _empty_record()))
+    parsed = records.enumerate().map(lambda i, r: (i, _parse_checked(r, optical_flow)))
+    parsed = parsed.ignore_errors()
+    end = tf.data.Dataset.from_tensors((tf.constant(-1, tf.int64), _empty_record(optical_flow)))
+    expected_keys = "clip/label/index, clip/label/text, video/filename and image/encoded"
+    if optical_flow:
+        expected_keys = expected_keys.replace(" and", ",") + (
+            " and one optical_flow/x|y/encoded image per frame pair"
+        )
     if_unknown = tf.cond(
         expected < 0,
         lambda: records.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1),
@@ -124,8 +141,7 @@ def _read_shard(path: tf.Tensor, expected: tf.Tensor) -> tf.data.Dataset:
                     path,
                     ": record ",
                     next_index,
-                    " is malformed (expected a SequenceExample "
-                    "with clip/label/index, clip/label/text, video/filename and image/encoded)",
+                    f" is malformed (expected a SequenceExample with {expected_keys})",
                 )
             ],
         )
@@ -247,6 +263,8 @@ def video_dataset(
     seed: int | None = None,
     input_context: tf.distribute.InputContext | None = None,
     cycle_length: int = 8,
+    inputs: str = "rgb",
+    flow_bound: float | None = None,
 ) -> tf.data.Dataset:
     """Clips and labels from converted shards.
 
@@ -254,6 +272,13 @@ def video_dataset(
     shape (num_frames, crop_size, crop_size, 3), or (num_clips, num_frames, crop_size, crop_size,
     3) in evaluation with `num_clips`; `label` an int32 class index (order of the manifest's
     `class_names`). With `batch_size`, a leading batch axis is added.
+
+    With `inputs="optical_flow"` or `"rgb+optical_flow"` (splits converted with
+    `--optical_flow=tvl1`), the first element is a dict instead: `"optical_flow"` float32
+    (num_frames - 1, crop_size, crop_size, 2), the stored flow from each clip frame to the next
+    video frame (x, y), dequantised and in pixels of the output crop (scaled with the crop's
+    resize; a horizontal flip negates x), and with RGB also `"frames"` as above, both from the
+    same crop and flip.
 
     Training: shards and clips are shuffled; one clip per video at a random temporal offset;
     a random crop covering `area_range` of the short side's square, with aspect ratio in
@@ -279,6 +304,9 @@ def video_dataset(
       input_context: from `strategy.distribute_datasets_from_function`; each input pipeline
         reads its own subset of the shards (needs at least as many shards as pipelines).
       cycle_length: shards read in parallel.
+      inputs: "rgb", "optical_flow" or "rgb+optical_flow", as `ModelConfig.inputs`.
+      flow_bound: the stored flow's bound in pixels; None: from the manifests (needed when a
+        source has none).
 
     Raises:
       DataError: (now) no shards, a shard missing or changed since conversion, a broken manifest;
@@ -311,12 +339,26 @@ def video_dataset(
     if not (0 < aspect_ratio_range[0] <= aspect_ratio_range[1]):
         raise ValueError(f"`aspect_ratio_range` must be positive. Received: {aspect_ratio_range}")
 
+    if inputs not in INPUTS:
+        raise ValueError(f"`inputs` must be one of {INPUTS}. Received: inputs={inputs!r}")
+    optical_flow = inputs != "rgb"
     shards = _pipeline_shards(source, input_context)
+    if optical_flow:
+        flow_bound = _flow_bound(source, flow_bound)
     deterministic = seed is not None or not training
-    records = _records(shards, training, seed, cycle_length, deterministic)
+    records = _records(shards, training, seed, cycle_length, deterministic, optical_flow)
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
     sampling = _Sampling(
-        training, num_frames, stride, crop_size, num_clips, area_range, aspect_ratio_range, flip
+        training,
+        num_frames,
+        stride,
+        crop_size,
+        num_clips,
+        area_range,
+        aspect_ratio_range,
+        flip,
+        inputs,
+        flow_bound,
     )
     clips = tf.data.Dataset.zip((records, seeds)).map(
         sampling.select, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic
@@ -347,7 +389,28 @@ def _pipeline_shards(source, input_context) -> list[tuple[str, int]]:
     return shards[index::count]
 
 
-def _records(shards, training: bool, seed, cycle_length: int, deterministic: bool):
+def _flow_bound(source: str | Sequence[str], flow_bound: float | None) -> float:
+    """The flow bound of `source`'s manifests (all equal to `flow_bound` when given); a
+    `DataError` naming a split converted without optical flow."""
+    bounds = set() if flow_bound is None else {float(flow_bound)}
+    for pattern in [source] if isinstance(source, str) else list(source):
+        directory = pattern if tf.io.gfile.isdir(pattern) else os.path.dirname(pattern)
+        if not tf.io.gfile.exists(os.path.join(directory, MANIFEST_NAME)):
+            continue
+        options = load_manifest(directory).options
+        if options.get("optical_flow") is None:
+            raise DataError(
+                f"{directory}: converted without optical flow, which this model reads "
+                "(convert it again with --optical_flow=tvl1)"
+            )
+        bounds.add(float(options.get("flow_bound", optical_flow_lib.DEFAULT_BOUND)))
+    if len(bounds) != 1:
+        found = "no manifest records it" if not bounds else f"the sources disagree: {bounds}"
+        raise DataError(f"{source}: cannot tell the optical flow's bound ({found}; flow_bound=)")
+    return bounds.pop()
+
+
+def _records(shards, training: bool, seed, cycle_length: int, deterministic: bool, flow: bool):
     """Parsed, checked records of `shards`, read in parallel (shuffled shard order in training)."""
     files = tf.data.Dataset.from_tensor_slices(
         ([path for path, _ in shards], tf.constant([n for _, n in shards], tf.int64))
@@ -355,7 +418,7 @@ def _records(shards, training: bool, seed, cycle_length: int, deterministic: boo
     if training:
         files = files.shuffle(len(shards), seed=seed, reshuffle_each_iteration=True)
     return files.interleave(
-        _read_shard,
+        lambda path, expected: _read_shard(path, expected, flow),
         cycle_length=min(cycle_length, len(shards)),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=deterministic,
@@ -364,8 +427,9 @@ def _records(shards, training: bool, seed, cycle_length: int, deterministic: boo
 
 @dataclasses.dataclass(frozen=True)
 class _Sampling:
-    """How `video_dataset` turns a record into a clip: `select` picks the clip's JPEGs (before
-    the shuffle, so its buffer holds only those), `decode` decodes them into the crop."""
+    """How `video_dataset` turns a record into a clip: `select` picks the clip's JPEGs (and flow
+    PNGs) before the shuffle, so its buffer holds only those; `decode` decodes them into the
+    crop."""
 
     training: bool
     num_frames: int
@@ -375,6 +439,8 @@ class _Sampling:
     area_range: tuple[float, float]
     aspect_ratio_range: tuple[float, float]
     flip: bool
+    inputs: str = "rgb"
+    flow_bound: float | None = None
 
     def select(self, record: dict[str, tf.Tensor], seed_pair: tf.Tensor):
         length = record["num_frames"]
@@ -385,10 +451,25 @@ class _Sampling:
         else:
             starts = evaluation_starts(length, self.num_frames, self.stride, self.num_clips)
         indices = clip_indices(length, starts, self.num_frames, self.stride)
-        return tf.gather(record["frames"], indices), record["label"], crop_seed
+        encoded = {}
+        if self.inputs != "optical_flow":
+            encoded["frames"] = tf.gather(record["frames"], indices)
+        if self.inputs != "rgb":
+            # The flow from each clip frame but the last to the next video frame; a clip's last
+            # frame of the video has no next frame, it takes the one before.
+            pairs = tf.reshape(indices, [-1, self.num_frames])[:, :-1]
+            pairs = tf.reshape(tf.minimum(pairs, length - 2), [-1])
+            encoded["flow_x"] = tf.gather(record["flow_x"], pairs)
+            encoded["flow_y"] = tf.gather(record["flow_y"], pairs)
+        return encoded, record["label"], crop_seed
 
-    def decode(self, encoded: tf.Tensor, label: tf.Tensor, crop_seed: tf.Tensor):
-        shape = tf.io.extract_jpeg_shape(encoded[0])
+    def decode(self, encoded: dict[str, tf.Tensor], label: tf.Tensor, crop_seed: tf.Tensor):
+        flow_levels = None
+        if "frames" in encoded:
+            shape = tf.io.extract_jpeg_shape(encoded["frames"][0])
+        else:
+            flow_levels = self._decode_flow_levels(encoded)
+            shape = tf.shape(flow_levels)[1:3]
         height, width = shape[0], shape[1]
         if self.training:
             window = _crop_window(
@@ -396,21 +477,66 @@ class _Sampling:
             )
         else:
             window = centre_window(height, width, self.crop_size)
-        frames = tf.map_fn(
-            lambda jpeg: tf.image.decode_and_crop_jpeg(jpeg, window, channels=3),
-            encoded,
-            fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8),
-        )
-        frames = tf.image.resize(frames, [self.crop_size, self.crop_size])
+        mirrored = tf.constant(False)
         if self.training and self.flip:
             flip_seed = tf.random.experimental.stateless_fold_in(crop_seed, 1)
             mirrored = tf.random.stateless_uniform([], flip_seed) < 0.5
-            frames = tf.cond(mirrored, lambda: tf.reverse(frames, axis=[2]), lambda: frames)
-        frames = tf.clip_by_value(frames, *FRAME_RANGE)
-        shape = [self.num_frames, self.crop_size, self.crop_size, 3]
-        if self.num_clips is not None:
-            shape = [self.num_clips, *shape]
-        return tf.reshape(frames, shape), label
+        clip_axis = [] if self.num_clips is None else [self.num_clips]
+        outputs = {}
+        if "frames" in encoded:
+            frames = self._decode_frames(encoded["frames"], window, mirrored)
+            outputs["frames"] = tf.reshape(frames, [*clip_axis, self.num_frames, *frames.shape[1:]])
+        if self.inputs == "rgb":
+            return outputs["frames"], label
+        if flow_levels is None:
+            flow_levels = self._decode_flow_levels(encoded)
+        flow = self._flow_pixels(flow_levels, window, mirrored)
+        outputs["optical_flow"] = tf.reshape(
+            flow, [*clip_axis, self.num_frames - 1, *flow.shape[1:]]
+        )
+        return outputs, label
+
+    def _decode_frames(self, jpegs: tf.Tensor, window: tf.Tensor, mirrored: tf.Tensor):
+        frames = tf.map_fn(
+            lambda jpeg: tf.image.decode_and_crop_jpeg(jpeg, window, channels=3),
+            jpegs,
+            fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8),
+        )
+        frames = tf.image.resize(frames, [self.crop_size, self.crop_size])
+        frames = tf.cond(mirrored, lambda: tf.reverse(frames, axis=[2]), lambda: frames)
+        return tf.ensure_shape(
+            tf.clip_by_value(frames, *FRAME_RANGE), [None, self.crop_size, self.crop_size, 3]
+        )
+
+    def _decode_flow_levels(self, encoded: dict[str, tf.Tensor]) -> tf.Tensor:
+        """(pairs, H, W, 2) uint8: the x and y PNGs of each pair, stacked."""
+
+        def decode(pngs: tf.Tensor) -> tf.Tensor:
+            return tf.map_fn(
+                lambda png: tf.io.decode_png(png, channels=1),
+                pngs,
+                fn_output_signature=tf.TensorSpec([None, None, 1], tf.uint8),
+            )
+
+        return tf.concat([decode(encoded["flow_x"]), decode(encoded["flow_y"])], axis=-1)
+
+    def _flow_pixels(self, levels: tf.Tensor, window: tf.Tensor, mirrored: tf.Tensor):
+        """Quantised flow -> float32 pixels of the output crop, cropped, resized and flipped
+        like the frames."""
+        scale = self.flow_bound / optical_flow_lib.LEVELS
+        flow = (tf.cast(levels, tf.float32) - optical_flow_lib.ZERO_LEVEL) * scale
+        top, left, crop_h, crop_w = tf.unstack(window)
+        flow = flow[:, top : top + crop_h, left : left + crop_w]
+        flow = tf.image.resize(flow, [self.crop_size, self.crop_size])
+        # Displacements scale with the image: a crop of w pixels resized to crop_size pixels.
+        size = float(self.crop_size)
+        flow = flow * tf.stack(
+            [size / tf.cast(crop_w, tf.float32), size / tf.cast(crop_h, tf.float32)]
+        )
+        flow = tf.cond(
+            mirrored, lambda: tf.reverse(flow, axis=[2]) * tf.constant([-1.0, 1.0]), lambda: flow
+        )
+        return tf.ensure_shape(flow, [None, self.crop_size, self.crop_size, 2])
 
 
 def _check_arguments(**values: int | None) -> None:

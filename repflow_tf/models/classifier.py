@@ -64,8 +64,9 @@ def build(config: ModelConfig) -> keras.Model:
     """Builds the video classifier described by `config`: inputs -> logits `(batch, classes)`.
 
     Inputs are raw frames `"frames"` `(batch, time, height, width, 3)` in [0, 255] and, for the
-    optical flow baselines, `"optical_flow"` `(batch, time, height, width, 2)` in pixels; a model
-    with both takes a dict. Two streams (late fusion, two-stream) average their logits.
+    optical flow baselines, `"optical_flow"` `(batch, time - 1, height, width, 2)` in pixels; a
+    model that reads optical flow takes a dict by these names. Two streams (late fusion,
+    two-stream) average their logits.
 
     Example:
 
@@ -93,9 +94,11 @@ def build(config: ModelConfig) -> keras.Model:
         outputs = logits[0]
     else:
         outputs = keras.layers.Average(dtype="float32", name="logits")(logits)
+    # RGB models take a tensor; models reading optical flow take a dict by input name, the
+    # element structure of `data.video_dataset(inputs=...)`.
     model_inputs = (
-        next(iter(inputs.values()))
-        if len(inputs) == 1
+        inputs["rgb"]
+        if list(inputs) == ["rgb"]
         else {INPUT_NAMES[modality]: tensor for modality, tensor in inputs.items()}
     )
     return keras.Model(model_inputs, outputs, name=config.name or default_name(config))
