@@ -3,7 +3,11 @@
 The export is a plain SavedModel (`keras.export.ExportArchive`), usable without repflow_tf:
 
 - signature `serving_default`: `frames` uint8 `(batch, time, crop_size, crop_size, 3)` (any batch,
-  time >= `min_frames`) -> `logits` and `probabilities` float32 `(batch, classes)`;
+  time >= `min_frames`) -> `logits` and `probabilities` float32 `(batch, classes)`. The optical
+  flow baselines take `optical_flow` float32 `(batch, time - 1, crop_size, crop_size, 2)` instead
+  (the flow CNN) or as well (two-stream): TV-L1 flow in pixels of the crop, from each clip frame
+  to the next video frame, which the client computes (`repflow_tf.data.TVL1`; a SavedModel cannot
+  run OpenCV); the signature clips and quantises it to the training data's 8 bits itself;
 - signature `metadata`: no input -> `class_names` (string vector) and `preprocessing` (JSON);
 - `assets/class_names.txt` (one name per line, in output order) and `assets/preprocessing.json`
   (how to turn a video into clips: `num_frames`, `stride`, `crop_size`, `num_clips`,
@@ -23,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import keras
@@ -41,6 +45,7 @@ ASSETS_DIR = "assets"
 CLASS_NAMES_ASSET = "class_names.txt"
 PREPROCESSING_ASSET = "preprocessing.json"
 INPUT_NAME = "frames"
+FLOW_INPUT_NAME = "optical_flow"
 
 
 class ExportError(ValueError):
@@ -67,6 +72,8 @@ class Preprocessing:
             no round trip, e.g. for exports written before it was recorded).
         min_frames: the fewest frames the signature accepts per clip (each flow layer uses
             two frames to make one).
+        optical_flow: None for RGB models; "tvl1" for models reading precomputed optical flow.
+        flow_bound: the training flow's clipping bound in pixels (with `optical_flow`).
 
     >>> Preprocessing(num_frames=16, crop_size=112).to_json()["short_side"]
     128
@@ -80,6 +87,8 @@ class Preprocessing:
     fps: float | None = None
     jpeg_quality: int | None = None
     min_frames: int = 2
+    optical_flow: str | None = None
+    flow_bound: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -109,6 +118,8 @@ def preprocessing_for(trained: Workdir) -> Preprocessing:
     config = trained.config.data
     short_side: int | None = config.crop_size
     fps = jpeg_quality = None
+    optical_flow = None if trained.config.model.inputs == "rgb" else "tvl1"
+    flow_bound = None if optical_flow is None else data.DEFAULT_FLOW_BOUND
     try:
         manifest = data.load_manifest(config.split_dir(config.val_split))
     except data.DataError:
@@ -117,6 +128,8 @@ def preprocessing_for(trained: Workdir) -> Preprocessing:
         short_side = manifest.options.get("short_side", short_side)
         fps = manifest.options.get("fps")
         jpeg_quality = manifest.options.get("jpeg_quality")
+        if optical_flow is not None:
+            flow_bound = manifest.options.get("flow_bound", flow_bound)
     return Preprocessing(
         num_frames=config.num_frames,
         stride=config.stride,
@@ -126,6 +139,8 @@ def preprocessing_for(trained: Workdir) -> Preprocessing:
         fps=fps,
         jpeg_quality=jpeg_quality,
         min_frames=1 + trained.config.model.flow_layers,
+        optical_flow=optical_flow,
+        flow_bound=flow_bound,
     )
 
 
@@ -141,16 +156,38 @@ def _check_output(output_dir: str, overwrite: bool) -> None:
         )
 
 
-def _serving_function(model: keras.Model, min_frames: int) -> Callable[[tf.Tensor], dict]:
-    def serve(frames: tf.Tensor) -> dict[str, tf.Tensor]:
-        enough = tf.debugging.assert_greater_equal(
-            tf.shape(frames)[1],
-            min_frames,
-            message=f"`frames` needs at least {min_frames} frames along the time axis (axis 1)",
-        )
-        with tf.control_dependencies([enough]):
-            clips = tf.cast(frames, tf.float32)
-        logits = tf.cast(model(clips, training=False), tf.float32)
+def _quantised(flow: tf.Tensor, bound: float) -> tf.Tensor:
+    """`flow` as the training data stores it: clipped to +-bound, on the 8-bit grid."""
+    step = bound / data.optical_flow.LEVELS
+    return tf.round(tf.clip_by_value(flow, -bound, bound) / step) * step
+
+
+def _serving_function(model: keras.Model, preprocessing: Preprocessing, names: Sequence[str]):
+    def serve(**inputs: tf.Tensor) -> dict[str, tf.Tensor]:
+        first = inputs[names[0]]
+        time_steps = tf.shape(first)[1] + (1 if names[0] == FLOW_INPUT_NAME else 0)
+        checks = [
+            tf.debugging.assert_greater_equal(
+                time_steps,
+                preprocessing.min_frames,
+                message=f"`{INPUT_NAME}` needs at least {preprocessing.min_frames} frames along "
+                "the time axis (axis 1; `optical_flow` one less)",
+            )
+        ]
+        if len(names) == 2:
+            checks.append(
+                tf.debugging.assert_equal(
+                    tf.shape(inputs[FLOW_INPUT_NAME])[1] + 1,
+                    tf.shape(inputs[INPUT_NAME])[1],
+                    message="`optical_flow` needs one field per pair of consecutive `frames`",
+                )
+            )
+        with tf.control_dependencies(checks):
+            clips = {name: tf.cast(inputs[name], tf.float32) for name in names}
+        if FLOW_INPUT_NAME in clips:
+            clips[FLOW_INPUT_NAME] = _quantised(clips[FLOW_INPUT_NAME], preprocessing.flow_bound)
+        logits = model(clips[INPUT_NAME] if names == [INPUT_NAME] else clips, training=False)
+        logits = tf.cast(logits, tf.float32)
         return {"logits": logits, "probabilities": tf.nn.softmax(logits)}
 
     return serve
@@ -169,7 +206,8 @@ def export_model(
     The export is written next to `output_dir` and renamed into place, so a failed export leaves
     nothing behind and an existing export is only replaced (with `overwrite`) once the new one
     is complete. Refuses (`ExportError`) an existing non-empty `output_dir` without `overwrite`,
-    a model whose input is not RGB `frames`, or a class list that does not fit the model.
+    a model whose inputs are not RGB `frames` and/or `optical_flow`, or a class list that does
+    not fit the model.
     Returns `output_dir`.
 
     >>> import tempfile
@@ -183,8 +221,8 @@ def export_model(
     ('a', 'b')
     """
     _check_output(output_dir, overwrite)
-    time_steps = _check_exportable(model, class_names, preprocessing.crop_size)
-    archive = _archive(model, class_names, preprocessing, time_steps)
+    specs = _input_specs(model, class_names, preprocessing)
+    archive = _archive(model, class_names, preprocessing, specs)
     output_dir = os.path.normpath(output_dir)
     with atomic_directory(output_dir) as temporary:
         archive.write_out(temporary, verbose=False)
@@ -198,38 +236,49 @@ def export_model(
     return output_dir
 
 
-def _check_exportable(model: keras.Model, class_names: Sequence[str], size: int) -> int | None:
-    """Refuses models that are not RGB `frames` -> logits of `class_names` at `size`; returns
-    the model's number of frames (None: any)."""
-    inputs = model.inputs
-    if len(inputs) != 1 or inputs[0].name != INPUT_NAME or len(inputs[0].shape) != 5:
-        names = [tensor.name for tensor in inputs]
+def _input_specs(model: keras.Model, class_names: Sequence[str], pre: Preprocessing) -> list:
+    """The signature's inputs: uint8 `frames` and/or float32 `optical_flow`; refuses models that
+    take anything else, or not at `pre.crop_size`, or not `class_names`' logits."""
+    names = [tensor.name for tensor in model.inputs]
+    allowed = ({INPUT_NAME}, {FLOW_INPUT_NAME}, {INPUT_NAME, FLOW_INPUT_NAME})
+    if set(names) not in allowed or len(set(names)) != len(names):
         raise ExportError(
-            f"only RGB models with one input '{INPUT_NAME}' (batch, time, H, W, 3) can be "
-            f"exported; this model takes {names}"
+            f"only models taking '{INPUT_NAME}' and/or '{FLOW_INPUT_NAME}' (batch, time, H, W, C) "
+            f"can be exported; this model takes {names}"
         )
-    _, time_steps, height, width, _ = inputs[0].shape
-    if (height, width) not in ((None, None), (size, size)):
-        raise ExportError(f"the model takes {height}x{width} frames but data.crop_size is {size}")
+    if FLOW_INPUT_NAME in names and pre.flow_bound is None:
+        raise ExportError("a model reading optical flow needs the flow's bound (flow_bound)")
+    size = pre.crop_size
+    specs = []
+    for name in (INPUT_NAME, FLOW_INPUT_NAME):
+        tensor = next((t for t in model.inputs if t.name == name), None)
+        if tensor is None:
+            continue
+        _, time_steps, height, width, channels = tensor.shape
+        if (height, width) not in ((None, None), (size, size)):
+            raise ExportError(
+                f"the model takes {height}x{width} frames but data.crop_size is {size}"
+            )
+        dtype = tf.uint8 if name == INPUT_NAME else tf.float32
+        specs.append(tf.TensorSpec([None, time_steps, size, size, channels], dtype, name=name))
     num_outputs = model.outputs[0].shape[-1]
     if len(class_names) != num_outputs or any("\n" in n or not n for n in class_names):
         raise ExportError(
             f"need {num_outputs} non-empty one-line class names, got {len(class_names)}"
         )
-    return time_steps
+    return specs
 
 
-def _archive(model, class_names, preprocessing: Preprocessing, time_steps: int | None):
-    """The `ExportArchive`: the uint8 serving signature and the metadata signature."""
-    size = preprocessing.crop_size
+def _archive(model, class_names, preprocessing: Preprocessing, specs: list):
+    """The `ExportArchive`: the serving signature and the metadata signature."""
     archive = keras.export.ExportArchive()
     archive.track(model)
+    names = [spec.name for spec in specs]
+    serve = _serving_function(model, preprocessing, names)
     archive.add_endpoint(
         SIGNATURE,
-        _serving_function(model, preprocessing.min_frames),
-        input_signature=[
-            tf.TensorSpec([None, time_steps, size, size, 3], tf.uint8, name=INPUT_NAME)
-        ],
+        lambda *inputs: serve(**dict(zip(names, inputs, strict=True))),
+        input_signature=specs,
     )
     archive.add_endpoint(
         METADATA_SIGNATURE,
@@ -269,7 +318,8 @@ def export_trained(workdir: Workdir, output_dir: str, *, overwrite: bool = False
 
 @dataclasses.dataclass(frozen=True)
 class ExportedModel:
-    """An export loaded back: call it with uint8 clips `(batch, time, H, W, 3)`.
+    """An export loaded back: call it with uint8 clips `(batch, time, H, W, 3)` (and, for the
+    optical flow baselines, float32 `optical_flow` `(batch, time - 1, H, W, 2)`).
 
     Attributes:
         path: the export directory.
@@ -288,9 +338,18 @@ class ExportedModel:
         """The `serving_default` concrete function."""
         return self.loaded.signatures[SIGNATURE]
 
-    def __call__(self, frames: np.ndarray) -> dict[str, np.ndarray]:
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        """The signature's inputs: `frames` and/or `optical_flow`."""
+        return tuple(sorted(self.signature.structured_input_signature[1]))
+
+    def __call__(
+        self, frames: np.ndarray | None, optical_flow: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
         """{"logits", "probabilities"} as NumPy arrays (batch, classes)."""
-        outputs = self.signature(**{INPUT_NAME: tf.constant(frames, tf.uint8)})
+        given = {INPUT_NAME: (frames, tf.uint8), FLOW_INPUT_NAME: (optical_flow, tf.float32)}
+        inputs = {name: tf.constant(given[name][0], given[name][1]) for name in self.input_names}
+        outputs = self.signature(**inputs)
         return {name: value.numpy() for name, value in outputs.items()}
 
 
@@ -326,8 +385,15 @@ def load_exported(path: str) -> ExportedModel:
         raise ExportError(f"{path}: cannot load the SavedModel ({one_line(error)})") from None
     signature = loaded.signatures.get(SIGNATURE)
     spec = signature.structured_input_signature[1] if signature is not None else {}
-    if set(spec) != {INPUT_NAME} or spec[INPUT_NAME].dtype != tf.uint8:
-        raise ExportError(f"{path}: no '{SIGNATURE}' signature taking uint8 '{INPUT_NAME}'")
+    expected = {INPUT_NAME: tf.uint8} if preprocessing.optical_flow is None else {}
+    if preprocessing.optical_flow is not None:
+        expected = {
+            FLOW_INPUT_NAME: tf.float32,
+            **({INPUT_NAME: tf.uint8} if INPUT_NAME in spec else {}),
+        }
+    if {name: value.dtype for name, value in spec.items()} != expected:
+        wanted = " and ".join(f"{dtype.name} '{name}'" for name, dtype in expected.items())
+        raise ExportError(f"{path}: no '{SIGNATURE}' signature taking {wanted}")
     num_outputs = signature.structured_outputs["logits"].shape[-1]
     if num_outputs != len(class_names):
         raise ExportError(
@@ -369,6 +435,32 @@ def sample_clips(
     return frames.reshape(num_clips, num_frames, size, size, 3)
 
 
+def sample_flow_clips(
+    video: np.ndarray, preprocessing: Preprocessing, num_clips: int | None = None
+) -> np.ndarray:
+    """The optical flow of `sample_clips`' clips, `(num_clips, num_frames - 1, crop, crop, 2)`
+    float32 pixels, computed as the converter computes it (`data.TVL1` on the full frames, from
+    each clip frame to the next video frame, `data.flow_indices`) and cropped as the reader
+    crops it (`data.crop_flow` of the centre window). Needs OpenCV (the `optical_flow` extra).
+
+    >>> video = np.zeros((5, 40, 60, 3), np.uint8)
+    >>> sample_flow_clips(video, Preprocessing(num_frames=4, crop_size=32), num_clips=2).shape
+    (2, 3, 32, 32, 2)
+    """
+    num_clips = num_clips or preprocessing.num_clips
+    num_frames, size = preprocessing.num_frames, preprocessing.crop_size
+    if len(video) < 2:
+        raise data.DataError(f"optical flow needs at least 2 frames, the video has {len(video)}")
+    starts = data.evaluation_starts(len(video), num_frames, preprocessing.stride, num_clips)
+    indices = data.clip_indices(len(video), starts, num_frames, preprocessing.stride)
+    pairs = data.flow_indices(indices, num_frames, len(video)).numpy().tolist()
+    tvl1 = data.TVL1()
+    fields = {index: tvl1(video[index : index + 2])[0] for index in sorted(set(pairs))}
+    window = data.centre_window(*video.shape[1:3], size)
+    flow = data.crop_flow(np.stack([fields[index] for index in pairs]), window, size).numpy()
+    return flow.reshape(num_clips, num_frames - 1, size, size, 2)
+
+
 @dataclasses.dataclass(frozen=True)
 class VideoPrediction:
     """The clip-averaged class probabilities of one video.
@@ -394,7 +486,8 @@ class VideoPrediction:
 def predict_video(
     exported: ExportedModel, path: str, *, num_clips: int | None = None, top_k: int = TOP_K
 ) -> VideoPrediction:
-    """Decodes a video (PyAV), samples its clips, runs the export and averages probabilities.
+    """Decodes a video (PyAV), samples its clips (and their TV-L1 optical flow, for the flow
+    baselines), runs the export and averages probabilities.
 
     Raises `repflow_tf.data.VideoDecodeError` (a `DataError` naming the file) for a missing or
     unreadable video.
@@ -406,8 +499,10 @@ def predict_video(
     """
     pre = exported.preprocessing
     video = data.read_video(path, short_side=pre.short_side, fps=pre.fps)
-    clips = sample_clips(video, pre, num_clips)
-    probabilities = exported(clips)["probabilities"].mean(axis=0)
+    names = exported.input_names
+    clips = sample_clips(video, pre, num_clips) if INPUT_NAME in names else None
+    flow = sample_flow_clips(video, pre, num_clips) if FLOW_INPUT_NAME in names else None
+    probabilities = exported(clips, flow)["probabilities"].mean(axis=0)
     order = np.argsort(-probabilities, kind="stable")[: max(1, top_k)]
     top = tuple((exported.class_names[i], float(probabilities[i])) for i in order)
     return VideoPrediction(path, probabilities, top)

@@ -278,6 +278,8 @@ def test_fresh_process_without_repflow_tf_matches_keras(background, trained, wor
         "fps": None,
         "jpeg_quality": 90,  # also the conversion's: predict applies the same JPEG round trip
         "min_frames": 2,
+        "optical_flow": None,  # an RGB model: the client sends frames only
+        "flow_bound": None,
     }
     assert "shape=(None, None, 32, 32, 3), dtype=tf.uint8, name='frames'" in info["inputs"]
     assert "at least 2 frames" in info["too_short"]  # time = 1 cannot make a flow

@@ -184,3 +184,58 @@ def test_two_stream_trains_and_evaluates_from_converted_data(tmp_path, capsys):
     result, paths = evaluation.evaluate_workdir(workdir, num_clips=2, log=None)
     assert result.num_videos == 8
     assert os.path.isfile(paths["metrics.json"])
+
+
+@pytest.mark.slow
+def test_a_two_stream_export_predicts_what_evaluation_computes(tmp_path):
+    """The export takes uint8 frames and float32 flow; `predict_video` computes TV-L1 for a
+    real video as the converter did, so its probabilities are the evaluation pipeline's."""
+    from test_export import REAL_VIDEO
+
+    from repflow_tf import export, models
+    from repflow_tf.config import ModelConfig
+
+    options = data.ConvertOptions(short_side=48, min_frames=2, optical_flow="tvl1")
+    split_list = SplitList((VideoEntry(REAL_VIDEO, "car"),), ("car", "other"))
+    data.convert_split(split_list, str(tmp_path), "val", options, num_workers=1, log=None)
+    config = ModelConfig(
+        depth=18, base_width=4, num_classes=2, flow_position="none", inputs="rgb+optical_flow"
+    )
+    model = models.build(config)
+    pre = export.Preprocessing(
+        num_frames=4,
+        crop_size=32,
+        num_clips=2,
+        short_side=48,
+        jpeg_quality=90,
+        optical_flow="tvl1",
+        flow_bound=BOUND,
+    )
+    path = export.export_model(model, str(tmp_path / "export"), ["car", "other"], pre)
+    exported = export.load_exported(path)
+    inputs = exported.signature.structured_input_signature[1]
+    assert {name: spec.dtype for name, spec in inputs.items()} == {
+        "frames": tf.uint8,
+        "optical_flow": tf.float32,
+    }
+    features, _ = next(
+        iter(
+            data.video_dataset(
+                str(tmp_path / "val"),
+                training=False,
+                num_frames=4,
+                crop_size=32,
+                num_clips=2,
+                inputs="rgb+optical_flow",
+            )
+        )
+    )
+    expected = tf.nn.softmax(model(features, training=False)).numpy().mean(axis=0)
+    prediction = export.predict_video(exported, REAL_VIDEO)
+    np.testing.assert_allclose(prediction.probabilities, expected, atol=1e-5)
+    # The signature quantises the client's flow as the converter stored it.
+    video = data.read_video(REAL_VIDEO, short_side=48)
+    flow = export.sample_flow_clips(video, pre)
+    np.testing.assert_allclose(flow, features["optical_flow"], atol=STEP / 2 + 1e-4)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="one field per pair"):
+        exported(export.sample_clips(video, pre), flow[:, :2])

@@ -22,7 +22,9 @@ from repflow_tf.data.pipeline import (
     FRAME_RANGE,
     centre_window,
     clip_indices,
+    crop_flow,
     evaluation_starts,
+    flow_indices,
     list_shards,
     video_dataset,
 )
@@ -86,6 +88,8 @@ __all__ = [
     "list_shards",
     "centre_window",
     "clip_indices",
+    "crop_flow",
+    "flow_indices",
     "evaluation_starts",
     "load_manifest",
     "make_sequence_example",

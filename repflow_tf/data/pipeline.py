@@ -214,6 +214,32 @@ def _last_start(length: tf.Tensor, num_frames: int, stride: int) -> tf.Tensor:
     return tf.maximum(tf.cast(length, tf.int32) - (num_frames - 1) * stride - 1, 0)
 
 
+def flow_indices(indices: tf.Tensor, num_frames: int, length: tf.Tensor) -> tf.Tensor:
+    """The stored flow fields of clips with frame `indices` (`clip_indices`): the flow from
+    each clip frame but the last to the next video frame (a video's last frame has no next
+    one and takes the field before), `num_frames - 1` per clip.
+
+    >>> flow_indices(tf.constant([0, 2, 4, 3, 0, 2]), num_frames=3, length=5).numpy().tolist()
+    [0, 2, 3, 0]
+    """
+    pairs = tf.reshape(indices, [-1, num_frames])[:, :-1]
+    return tf.reshape(tf.minimum(pairs, tf.cast(length, indices.dtype) - 2), [-1])
+
+
+def crop_flow(flow: tf.Tensor, window: tf.Tensor, crop_size: int) -> tf.Tensor:
+    """Flow fields (N, H, W, 2) in pixels -> the `window` [y, x, h, w] resized to `crop_size`,
+    in pixels of the resized crop (displacements scale with the image).
+
+    >>> crop_flow(tf.ones([1, 8, 8, 2]), tf.constant([0, 0, 4, 8]), 16)[0, 0, 0].numpy().tolist()
+    [2.0, 4.0]
+    """
+    top, left, height, width = tf.unstack(window)
+    flow = tf.image.resize(flow[:, top : top + height, left : left + width], [crop_size] * 2)
+    size = float(crop_size)
+    scale = tf.stack([size / tf.cast(width, tf.float32), size / tf.cast(height, tf.float32)])
+    return flow * scale
+
+
 def centre_window(height: tf.Tensor, width: tf.Tensor, crop_size: int) -> tf.Tensor:
     """The evaluation crop [y, x, side, side]: the centre square of `crop_size` (smaller when a
     side is smaller; the crop is then resized up to `crop_size`).
@@ -455,10 +481,7 @@ class _Sampling:
         if self.inputs != "optical_flow":
             encoded["frames"] = tf.gather(record["frames"], indices)
         if self.inputs != "rgb":
-            # The flow from each clip frame but the last to the next video frame; a clip's last
-            # frame of the video has no next frame, it takes the one before.
-            pairs = tf.reshape(indices, [-1, self.num_frames])[:, :-1]
-            pairs = tf.reshape(tf.minimum(pairs, length - 2), [-1])
+            pairs = flow_indices(indices, self.num_frames, length)
             encoded["flow_x"] = tf.gather(record["flow_x"], pairs)
             encoded["flow_y"] = tf.gather(record["flow_y"], pairs)
         return encoded, record["label"], crop_seed
@@ -525,14 +548,7 @@ class _Sampling:
         like the frames."""
         scale = self.flow_bound / optical_flow_lib.LEVELS
         flow = (tf.cast(levels, tf.float32) - optical_flow_lib.ZERO_LEVEL) * scale
-        top, left, crop_h, crop_w = tf.unstack(window)
-        flow = flow[:, top : top + crop_h, left : left + crop_w]
-        flow = tf.image.resize(flow, [self.crop_size, self.crop_size])
-        # Displacements scale with the image: a crop of w pixels resized to crop_size pixels.
-        size = float(self.crop_size)
-        flow = flow * tf.stack(
-            [size / tf.cast(crop_w, tf.float32), size / tf.cast(crop_h, tf.float32)]
-        )
+        flow = crop_flow(flow, window, self.crop_size)
         flow = tf.cond(
             mirrored, lambda: tf.reverse(flow, axis=[2]) * tf.constant([-1.0, 1.0]), lambda: flow
         )
