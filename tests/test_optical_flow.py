@@ -239,3 +239,21 @@ def test_a_two_stream_export_predicts_what_evaluation_computes(tmp_path):
     np.testing.assert_allclose(flow, features["optical_flow"], atol=STEP / 2 + 1e-4)
     with pytest.raises(tf.errors.InvalidArgumentError, match="one field per pair"):
         exported(export.sample_clips(video, pre), flow[:, :2])
+
+
+def test_the_table_9_benchmark_times_every_row_and_reads_the_demo_accuracies(tmp_path):
+    from repflow_tf.benchmarks import two_stream
+
+    eval_dir = tmp_path / "demo_two_stream" / "eval_val"
+    eval_dir.mkdir(parents=True)
+    (eval_dir / "metrics.json").write_text(json.dumps({"video_top1": 0.875}))
+    tiny = two_stream.Setting("tiny", num_frames=3, frame_size=32, crop_size=32, base_width=4)
+    rows = two_stream.measure(tiny, repeats=1, log=lambda line: None)
+    assert [row["model"] for row in rows] == list(two_stream.ROWS)
+    timed = {row["model"]: row for row in rows}
+    assert timed["Two-stream (TV-L1)"]["tvl1_ms"] > 0 and timed["RGB CNN"]["tvl1_ms"] == 0
+    assert all(row["cnn_ms"] > 0 for row in rows)
+    table = two_stream.report({"tiny": rows}, str(tmp_path)).splitlines()
+    two_stream_line = next(line for line in table if line.startswith("| Two-stream"))
+    assert two_stream_line.endswith("| 8546 | 38.0 | 0.875 |")
+    assert next(line for line in table if line.startswith("| RGB CNN")).endswith("| — |")
