@@ -22,7 +22,7 @@ from tensorboard.plugins.hparams import api as hparams_api
 
 from repflow_tf.fileio import atomic_output
 from repflow_tf.layers import RepresentationFlow
-from repflow_tf.visualize import flow_channels_to_images
+from repflow_tf.visualize import aligned_frame_indices, flow_panel
 
 # The training metrics both loops log; the whole-epoch values are kept across a resume.
 EPOCH_METRICS = ("loss", "accuracy")
@@ -79,12 +79,45 @@ def flow_layers(model: keras.Model) -> list[RepresentationFlow]:
     return sorted((lr for lr in layers if isinstance(lr, RepresentationFlow)), key=lambda x: x.path)
 
 
-def first_flow_output(model: keras.Model, frames: tf.Tensor) -> tf.Tensor | None:
-    """The output `(batch, time - 1, H, W, 2C)` of the first flow layer that `model` applies to
-    `frames` (inference mode), or None when the model has no flow layer.
+def flow_outputs(model: keras.Model, frames: tf.Tensor) -> dict[str, tf.Tensor]:
+    """The output `(batch, time', H, W, 2C)` of every flow layer of `model` on `frames`
+    (inference mode), by layer path, in the order the model applies them.
 
     The flow layer can sit inside a subclassed block (`FlowBlock`), where no functional sub-model
-    reaches it, so its output is captured during one ordinary forward pass.
+    reaches it, so the outputs are captured during one ordinary forward pass.
+
+    >>> from repflow_tf.config import ModelConfig
+    >>> from repflow_tf import models
+    >>> model = models.build(ModelConfig(depth=18, base_width=4, flow_position="input",
+    ...                                  flow_stack="fof", flow_iterations=2))
+    >>> {path: tuple(flow.shape) for path, flow in flow_outputs(
+    ...     model, tf.zeros((1, 4, 32, 32, 3))).items()}
+    {'representation_flow': (1, 3, 32, 32, 6), 'representation_flow_2': (1, 2, 32, 32, 12)}
+    """
+    outputs: dict[str, tf.Tensor] = {}
+
+    def capturing(layer, call):
+        def call_and_keep(*args, **kwargs):
+            result = call(*args, **kwargs)
+            outputs.setdefault(layer.path, result)
+            return result
+
+        return call_and_keep
+
+    layers = flow_layers(model)
+    for layer in layers:
+        layer.call = capturing(layer, layer.call)  # instance attribute shadows the method
+    try:
+        model(frames, training=False)
+    finally:
+        for layer in layers:
+            del layer.call
+    return outputs
+
+
+def first_flow_output(model: keras.Model, frames: tf.Tensor) -> tf.Tensor | None:
+    """The output `(batch, time - 1, H, W, 2C)` of the first flow layer that `model` applies to
+    `frames` (inference mode, `flow_outputs`), or None when the model has no flow layer.
 
     >>> from repflow_tf.config import ModelConfig
     >>> from repflow_tf import models
@@ -93,25 +126,7 @@ def first_flow_output(model: keras.Model, frames: tf.Tensor) -> tf.Tensor | None
     >>> first_flow_output(model, tf.zeros((1, 4, 32, 32, 3))).shape
     TensorShape([1, 3, 32, 32, 6])
     """
-    outputs: list[tf.Tensor] = []
-
-    def capturing(call):
-        def call_and_keep(*args, **kwargs):
-            result = call(*args, **kwargs)
-            outputs.append(result)
-            return result
-
-        return call_and_keep
-
-    layers = flow_layers(model)
-    for layer in layers:
-        layer.call = capturing(layer.call)  # instance attribute shadows the method
-    try:
-        model(frames, training=False)
-    finally:
-        for layer in layers:
-            del layer.call
-    return outputs[0] if outputs else None
+    return next(iter(flow_outputs(model, frames).values()), None)
 
 
 class WholeEpochMetrics(keras.callbacks.Callback):
@@ -292,9 +307,11 @@ class TensorBoardLogger(keras.callbacks.Callback):
     `keras.callbacks.TensorBoard`), `learning_rate/<name>` for each of `optimizers` and
     `flow/<layer path>/theta|lambda|tau` for each representation flow layer (train run).
     Every `histograms_every` epochs: a histogram of every trainable weight (train run). Every
-    `images_every` epochs: `flow_images/<layer path>`, the first flow layer's output on
-    `flow_clip` (one row per channel, time along x; hue = direction, brightness = magnitude;
-    validation run). Every `batch_every` steps: `batch_loss` (train run, step = global step).
+    `images_every` epochs: `flow_images/first_flow_layer`, one image of the first flow layer's
+    output on `flow_clip` (validation run, `visualize.flow_panel`): the clip's frames in the top
+    row, below them one row per flow channel (up to 4) aligned in time, each row's brightness
+    scaled to its 99th percentile of magnitude, and the colour wheel (hue = direction) beside
+    the frames. Every `batch_every` steps: `batch_loss` (train run, step = global step).
     With `hparams`, the run's hyper-parameters and the metrics above are declared for the HParams
     dashboard (in `log_dir` itself).
     """
@@ -369,15 +386,27 @@ class TensorBoardLogger(keras.callbacks.Callback):
                     tf.summary.scalar(f"epoch_{key}", float(logs[f"val_{key}"]))
             if self.flow_clip is not None and _due(epoch, self.images_every):
                 for tag, images in self.flow_images():
-                    tf.summary.image(tag, images, max_outputs=int(images.shape[0]))
+                    tf.summary.image(
+                        tag,
+                        images,
+                        max_outputs=int(images.shape[0]),
+                        description="Top row: the clip's frames; below: the first flow "
+                        "layer's output, one row per channel (up to 4), aligned in time; hue: "
+                        "direction (colour wheel, +x right, +y down), brightness: magnitude "
+                        "(each row scaled to its 99th percentile).",
+                    )
         self.train_writer.flush()
         self.val_writer.flush()
 
     def flow_images(self) -> Iterator[tuple[str, tf.Tensor]]:
-        """`(tag, uint8 images)` of the first flow layer's output on the fixed clip."""
-        flow = first_flow_output(self.model, self.flow_clip[None])
+        """`(tag, uint8 images (1, H, W, 3))`: the fixed clip's frames over the first flow
+        layer's output (`visualize.flow_panel`)."""
+        clip = tf.convert_to_tensor(self.flow_clip)
+        flow = first_flow_output(self.model, clip[None])
         if flow is not None:
-            yield "flow_images/first_flow_layer", flow_channels_to_images(flow[0])
+            flow = flow[0].numpy()
+            frames = clip.numpy()[aligned_frame_indices(len(clip), len(flow))]
+            yield "flow_images/first_flow_layer", flow_panel(frames, flow)[None]
 
     def on_train_end(self, logs: Mapping[str, Any] | None = None) -> None:
         self.train_writer.flush()

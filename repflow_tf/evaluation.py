@@ -28,6 +28,7 @@ import tensorflow as tf
 
 from repflow_tf import data
 from repflow_tf.fileio import write_atomic, write_json_atomic
+from repflow_tf.visualize import render_confusion
 from repflow_tf.workdir import (
     LOGS_DIR,
     TrainedModel,
@@ -222,29 +223,6 @@ def compute_metrics(
 # === Report ===
 
 
-def render_confusion(confusion: np.ndarray, size: int = 512) -> np.ndarray:
-    """The row-normalised confusion matrix as a heatmap image, uint8 (H, W, 3).
-
-    White is 0, dark blue is 1 (the whole row); each cell is a square of
-    `max(1, size // classes)` pixels with a 1-pixel grey grid when cells are at least 4 pixels.
-    Rows without videos stay white.
-
-    >>> render_confusion(np.array([[2, 0], [1, 1]]), size=8).shape
-    (8, 8, 3)
-    """
-    confusion = np.asarray(confusion, np.float64)
-    num_classes = confusion.shape[0]
-    totals = confusion.sum(axis=1, keepdims=True)
-    rates = np.divide(confusion, totals, out=np.zeros_like(confusion), where=totals > 0)
-    white, blue = np.array([255.0, 255.0, 255.0]), np.array([8.0, 48.0, 107.0])
-    cells = white + rates[..., None] * (blue - white)
-    cell = max(1, size // num_classes)
-    image = np.repeat(np.repeat(cells, cell, axis=0), cell, axis=1)
-    if cell >= 4:
-        image[::cell, :] = image[:, ::cell] = 160.0
-    return np.round(image).astype(np.uint8)
-
-
 def format_summary(result: EvaluationResult, split: str = "") -> str:
     """A plain-text table of the metrics (what `repflow-evaluate` prints at the end).
 
@@ -308,7 +286,7 @@ def write_report(
             "matrix": result.confusion.tolist(),
         },
     )
-    image = render_confusion(result.confusion)
+    image = render_confusion(result.confusion, result.class_names)
     write_atomic(paths["confusion.png"], tf.io.encode_png(image).numpy())
     if log_dir is not None:
         writer = tf.summary.create_file_writer(log_dir)
@@ -321,8 +299,8 @@ def write_report(
                 "confusion_matrix",
                 image[None],
                 step=step,
-                description="Video-level confusion, row-normalised; rows: true class, "
-                "columns: predicted class, in the order of class_names.json.",
+                description="Video-level confusion: counts and row-normalised percentages; "
+                "rows: true class, columns: predicted class.",
             )
             tf.summary.text("summary", f"```\n{format_summary(result)}\n```", step=step)
         writer.close()
@@ -508,6 +486,5 @@ __all__ = [
     "evaluate_model",
     "evaluate_workdir",
     "format_summary",
-    "render_confusion",
     "write_report",
 ]
