@@ -1,8 +1,8 @@
 """Converts a folder of videos and its split lists into TFRecord shards (see repflow_tf.data).
 
-    python bin/convert.py --format=hmdb51 --video_dir=hmdb51/videos \
+    repflow-convert --format=hmdb51 --video_dir=hmdb51/videos \\
         --split_dir=hmdb51/testTrainMulti_7030_splits --fold=1 --output_dir=data/hmdb51_1
-    python bin/convert.py --format=synthetic --output_dir=data/motion
+    repflow-convert --format=synthetic --output_dir=data/motion
 
 Exit status: 0 when every listed video was converted (or --allow_rejects), 1 when some were
 rejected (the manifests list them with the reason), 2 for bad flags or a malformed list file.
@@ -11,12 +11,10 @@ rejected (the manifests list them with the reason), 2 for bad flags or a malform
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
-
-from repflow_tf import data  # noqa: E402
-from repflow_tf.cli import fail, parse_flags  # noqa: E402
+from repflow_tf import data
+from repflow_tf.cli import fail, parse_flags, start_tensorflow
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum(
@@ -68,6 +66,7 @@ flags.mark_flags_as_required(["format", "output_dir"])
 def _run(argv: list[str]) -> None:
     if len(argv) > 1:
         fail(f"unexpected arguments {argv[1:]}; every option is a --flag")
+    start_tensorflow()
     try:
         if FLAGS.format == "synthetic":
             dirs = data.make_synthetic_dataset(

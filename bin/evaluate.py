@@ -8,19 +8,14 @@ Exit status 2 (one-line message) for bad flags, a workdir whose model, config, c
 data disagree, or a broken split.
 """
 
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import app, flags
 
-import tensorflow as tf  # noqa: E402
-from absl import app, flags  # noqa: E402
-
-from repflow_tf.cli import fail, parse_flags  # noqa: E402
-from repflow_tf.config import ConfigError  # noqa: E402
-from repflow_tf.data import DataError  # noqa: E402
-from repflow_tf.evaluation import evaluate_workdir  # noqa: E402
-from repflow_tf.workdir import WorkdirError, one_line  # noqa: E402
+from repflow_tf.cli import fail, parse_flags, start_tensorflow
+from repflow_tf.config import ConfigError
+from repflow_tf.data import DataError
+from repflow_tf.workdir import WorkdirError, one_line, read_workdir
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
@@ -40,6 +35,13 @@ flags.mark_flag_as_required("workdir")
 def _run(argv: list[str]) -> None:
     if len(argv) > 1:
         fail(f"unexpected arguments {argv[1:]}; every option is a --flag")
+    try:
+        read_workdir(FLAGS.workdir, overrides=FLAGS.set)  # its config, before TensorFlow starts
+    except (WorkdirError, ConfigError) as error:
+        fail(str(error))
+    tf = start_tensorflow()
+    from repflow_tf.evaluation import evaluate_workdir
+
     try:
         evaluate_workdir(
             FLAGS.workdir,

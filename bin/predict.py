@@ -9,20 +9,11 @@ status 2) after the others are predicted; a bad --model also exits with status 2
 """
 
 import json
-import os
+import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
-
-from repflow_tf.cli import fail, parse_flags  # noqa: E402
-from repflow_tf.data import DataError  # noqa: E402
-from repflow_tf.export import (  # noqa: E402
-    ExportError,
-    format_prediction,
-    load_exported,
-    predict_video,
-)
+from repflow_tf.cli import fail, parse_flags, start_tensorflow
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "Export folder written by repflow-export.")
@@ -38,12 +29,19 @@ def _run(argv: list[str]) -> None:
         fail("give at least one video file after the flags")
     if FLAGS.top_k < 1 or FLAGS.num_clips < 0:
         fail("--top_k must be >= 1 and --num_clips >= 0")
+    start_tensorflow()
+    from tqdm import tqdm
+
+    from repflow_tf.data import DataError
+    from repflow_tf.export import ExportError, format_prediction, load_exported, predict_video
+
     try:
         exported = load_exported(FLAGS.model)
     except ExportError as error:
         fail(str(error))
     results, errors = [], []
-    for video in videos:
+    # A bar on a terminal only (stderr); the predictions go to stdout.
+    for video in tqdm(videos, "predict", unit="video", disable=None if len(videos) > 1 else True):
         try:
             prediction = predict_video(
                 exported, video, num_clips=FLAGS.num_clips or None, top_k=FLAGS.top_k
@@ -54,7 +52,7 @@ def _run(argv: list[str]) -> None:
             continue
         results.append(prediction.to_json())
         if not FLAGS.json:
-            print(format_prediction(prediction), flush=True)
+            tqdm.write(format_prediction(prediction), file=sys.stdout)
     if FLAGS.json:
         print(json.dumps(results, indent=1))
     if errors:

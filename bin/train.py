@@ -1,27 +1,22 @@
 """Trains a model from an experiment config into a workdir (resuming from its checkpoints).
 
-    python bin/train.py --config=configs/demo.toml --workdir=runs/demo
-    python bin/train.py --config=configs/demo.toml --workdir=runs/demo \
-        --set trainer.epochs=2 --set optimizer.learning_rate=0.01
-    python bin/train.py --config=configs/hmdb51_resnet34_flow.toml --workdir=runs/hmdb \
+    repflow-train --config=configs/demo.toml --workdir=runs/demo
+    repflow-train --config=configs/demo.toml --workdir=runs/demo2 --set trainer.epochs=2
+    repflow-train --config=configs/hmdb51_resnet50_2d_fcf.toml --workdir=runs/hmdb \\
         --strategy=mirrored --precision=mixed_float16 --jit_compile
     TF_CONFIG='{"cluster": {"worker": ["host1:2222", "host2:2222"]},
-                "task": {"type": "worker", "index": 0}}' \
-        python bin/train.py --config=... --workdir=/shared/runs/x --strategy=multi_worker
+                "task": {"type": "worker", "index": 0}}' \\
+        repflow-train --config=... --workdir=/shared/runs/x --strategy=multi_worker
 
 Writes <workdir>/config.toml, class_names.json, checkpoints/, model.keras, logs/ (TensorBoard)
 and summary.json. Exit status 2, with one line on stderr, when the config, the data and the
-workdir disagree (nothing is written then).
+workdir disagree (nothing is written then). --verbose shows TensorFlow's own logs.
 """
 
-import os
+from absl import app, flags
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from absl import app, flags, logging  # noqa: E402
-
-from repflow_tf.cli import fail, parse_flags  # noqa: E402
-from repflow_tf.config import PRECISIONS, STRATEGIES, ConfigError, load_config  # noqa: E402
+from repflow_tf.cli import fail, parse_flags, start_tensorflow
+from repflow_tf.config import PRECISIONS, STRATEGIES, ConfigError, load_config
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", None, "Experiment TOML file (see configs/).")
@@ -36,7 +31,6 @@ flags.mark_flags_as_required(["config", "workdir"])
 def _run(argv: list[str]) -> None:
     if len(argv) > 1:
         fail(f"unexpected arguments {argv[1:]}; every option is a --flag")
-    logging.set_verbosity(logging.WARNING)  # TensorFlow's INFO lines drown the progress
     overrides = list(FLAGS.set)
     for name in ("strategy", "precision", "jit_compile"):
         value = getattr(FLAGS, name)
@@ -48,7 +42,8 @@ def _run(argv: list[str]) -> None:
         config = load_config(FLAGS.config, overrides)
     except ConfigError as error:
         fail(str(error))
-    from repflow_tf import training  # TensorFlow starts here, after the flags are checked.
+    start_tensorflow()  # after the flags and the config were checked
+    from repflow_tf import training
 
     try:
         training.train(config, FLAGS.workdir)

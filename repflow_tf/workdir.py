@@ -24,13 +24,17 @@ import dataclasses
 import json
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import keras
-
-from repflow_tf import models
 from repflow_tf.config import ExperimentConfig, ModelConfig, load_config
-from repflow_tf.data import Manifest
 from repflow_tf.fileio import write_json_atomic
+
+# Keras and the models load on first use: a command reads and checks a workdir's config and class
+# names (`read_workdir`) before TensorFlow starts.
+if TYPE_CHECKING:
+    import keras
+
+    from repflow_tf.data import Manifest
 
 CONFIG_FILE = "config.toml"
 CLASS_NAMES_FILE = "class_names.json"
@@ -146,6 +150,10 @@ def load_keras_model(path: str) -> keras.Model:
     """Loads a `.keras` model with the repflow_tf layers registered; `WorkdirError` if it fails."""
     if not os.path.isfile(path):
         raise WorkdirError(f"{path}: model file not found")
+    import keras
+
+    from repflow_tf import models  # noqa: F401  (registers our layers for deserialisation)
+
     try:
         return keras.models.load_model(path, compile=False)
     except Exception as error:  # Keras raises many types for unreadable or foreign files.
@@ -172,6 +180,7 @@ def check_model(
     built from `config` (so another depth, width or flow placement is caught even when the
     class count agrees).
 
+    >>> from repflow_tf import models
     >>> config = ModelConfig(depth=18, base_width=4, num_classes=3, flow_position="none")
     >>> check_model(models.build(config), config, ["a", "b", "c"])
     >>> try:
@@ -197,6 +206,8 @@ def check_model(
             f"{model_path} predicts {num_outputs} classes but {config_path} says "
             f"model.num_classes={config.num_classes}; was it trained with another config?"
         )
+    from repflow_tf import models
+
     reference = models.build(config)
     mismatch = _first_difference(model, reference)
     if mismatch:

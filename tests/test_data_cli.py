@@ -92,13 +92,13 @@ def test_scripts(tmp_path):
     assert code == 2
     assert err.strip().splitlines() == [
         "convert.py: error: flag --format=avi: value should be one of "
-        "<hmdb51|ucf101|kinetics|csv|synthetic> (see --helpshort)"
+        "<hmdb51|ucf101|kinetics|csv|synthetic> (see --help)"
     ]
 
     code, _, err = results["bad_workers"]
     assert code == 2
     assert err.strip().splitlines() == [
-        "convert.py: error: flag --num_workers=-1: -1 is not a positive integer (see --helpshort)"
+        "convert.py: error: flag --num_workers=-1: -1 is not a positive integer (see --help)"
     ], err
     assert not os.path.exists(tmp_path / "out2")
 

@@ -200,7 +200,7 @@ def test_worker_processes_match_in_process(videos, tmp_path):
         assert a.read_bytes() == b.read_bytes()
         assert len(_records(str(a))) == shard.num_records
     # Per-video progress from the workers, then the summary line.
-    assert "8/8 videos, 1 rejected" in log.text
+    assert "8/8" in log.text and "rejected=1" in log.text
     assert (
         log.text.rstrip().splitlines()[-1].startswith("train: 7 accepted, 1 rejected of 8 listed")
     )

@@ -27,6 +27,7 @@ from typing import Any, TextIO
 
 import numpy as np
 import tensorflow as tf
+import tqdm
 
 from repflow_tf.data import optical_flow as optical_flow_lib
 from repflow_tf.data.manifest import (
@@ -40,6 +41,7 @@ from repflow_tf.data.schema import make_sequence_example, shard_glob, shard_name
 from repflow_tf.data.splits import SplitList, VideoEntry
 from repflow_tf.data.video import VideoDecodeError, iter_frames
 from repflow_tf.fileio import commit_file, write_json_atomic
+from repflow_tf.startup import quiet_worker_start
 
 _STATE_DIR = ".convert"
 
@@ -263,45 +265,31 @@ def _finished_state(job: _ShardJob) -> dict[str, Any] | None:
 
 
 class _Progress:
-    """A progress bar on a terminal, a line per 10% otherwise, on `stream` (None: silent)."""
+    """A tqdm bar over the videos on `stream` (None: silent), with the rejected count; on a file
+    or pipe it refreshes at most every 10 s."""
 
     def __init__(self, total: int, label: str, stream: TextIO | None):
-        self.total, self.label, self.stream = total, label, stream
-        self.done = self.rejected = 0
-        self.start = time.monotonic()
-        self._last_draw = 0.0
-        self._last_decile = -1
-        self._tty = stream is not None and stream.isatty()
-
-    def update(self, rejected: bool) -> None:
-        self.done += 1
-        self.rejected += int(rejected)
-        if self.stream is None:
-            return
-        now = time.monotonic()
-        if self._tty:
-            if now - self._last_draw > 0.2 or self.done == self.total:
-                self._last_draw = now
-                self.stream.write("\r" + self._line(now))
-                self.stream.flush()
-        elif self.done * 10 // max(self.total, 1) > self._last_decile:
-            self._last_decile = self.done * 10 // max(self.total, 1)
-            self.stream.write(self._line(now) + "\n")
-            self.stream.flush()
-
-    def _line(self, now: float) -> str:
-        fraction = self.done / max(self.total, 1)
-        bar = "#" * int(30 * fraction) + "-" * (30 - int(30 * fraction))
-        rate = self.done / max(now - self.start, 1e-6)
-        eta = (self.total - self.done) / rate if rate > 0 else 0
-        return (
-            f"{self.label} [{bar}] {self.done}/{self.total} videos, {self.rejected} rejected, "
-            f"{rate:.1f} videos/s, ETA {eta:.0f} s"
+        self.rejected = 0
+        tty = stream is not None and stream.isatty()
+        self._bar = tqdm.tqdm(
+            total=total,
+            desc=label.rstrip(":"),
+            ascii=not tty,
+            unit="video",
+            file=stream,
+            disable=stream is None or total == 0,
+            mininterval=0.2 if tty else 10.0,
+            dynamic_ncols=tty,
         )
 
+    def update(self, rejected: bool) -> None:
+        self.rejected += int(rejected)
+        if rejected:
+            self._bar.set_postfix(rejected=self.rejected, refresh=False)
+        self._bar.update()
+
     def close(self) -> None:
-        if self._tty:
-            self.stream.write("\n")
+        self._bar.close()
 
 
 def _digest(entries: tuple[VideoEntry, ...], class_names, options: ConvertOptions) -> str:
@@ -427,8 +415,12 @@ def _run_workers(
             except queue_lib.Empty:
                 return
 
+    # The workers import TensorFlow through `quiet_worker_start`, without its start-up noise.
     with concurrent.futures.ProcessPoolExecutor(
-        num_workers, mp_context=context, initializer=_init_worker, initargs=(ticks, os.getpid())
+        num_workers,
+        mp_context=context,
+        initializer=quiet_worker_start,
+        initargs=(__name__, "_init_worker", ticks, os.getpid()),
     ) as pool:
         futures = {pool.submit(_write_shard_in_worker, job): job for job in jobs}
         pending = set(futures)

@@ -16,8 +16,10 @@ class names, counts and the number of records per shard (see `repflow_tf.data.ma
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import tensorflow as tf
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 LABEL_INDEX_KEY = "clip/label/index"
 LABEL_TEXT_KEY = "clip/label/text"
@@ -67,6 +69,8 @@ def make_sequence_example(
     2
     """
 
+    import tensorflow as tf  # here, so that the names above load without TensorFlow
+
     def _bytes(value: bytes) -> tf.train.Feature:
         return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
 
@@ -108,6 +112,8 @@ def parse_sequence_example(record: tf.Tensor, optical_flow: bool = False) -> dic
     >>> int(parsed["label"]), parsed["filename"].numpy()
     (0, b'v.mp4')
     """
+    import tensorflow as tf
+
     context, sequence = tf.io.parse_single_sequence_example(
         record,
         context_features={
