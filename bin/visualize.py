@@ -2,7 +2,7 @@
 
     repflow-visualize --workdir runs/demo --video video.mp4 --output flow.mp4 --strip flow.png
     repflow-visualize --workdir runs/demo --video video.mp4 --output flow.mp4 \
-        --layer flow_stack/flow_block_2/representation_flow
+        --layer flow_backbone/flow_stack/flow_block_2/representation_flow
 
 The video is sampled as evaluation samples it (the workdir's short side, crop, JPEG quality,
 `data.eval_clips` clips). Each output frame shows the input frame, the colour-coded flow of the
@@ -11,13 +11,9 @@ first `--channels` channels (hue = direction, brightness = magnitude) and the co
 line on stderr and exit status 2.
 """
 
-import os
+from absl import app, flags
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from absl import app, flags  # noqa: E402
-
-from repflow_tf.cli import fail, parse_flags  # noqa: E402
+from repflow_tf.cli import fail, parse_flags, start_tensorflow
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
@@ -25,7 +21,13 @@ flags.DEFINE_string(
 )
 flags.DEFINE_string("video", None, "The video to show (any format PyAV reads).")
 flags.DEFINE_string("output", None, "The MP4 to write: frames and flow side by side.")
-flags.DEFINE_string("layer", None, "Flow layer path (default: the first; a bad one lists all).")
+flags.DEFINE_string(
+    "layer",
+    None,
+    "Flow layer, by the names of the layers containing it, e.g. "
+    "flow_backbone/flow_stack/flow_block_1/representation_flow (default: the first; a wrong "
+    "one lists them).",
+)
 flags.DEFINE_string("strip", None, "Also write a PNG of frames (top row) over flow (rows).")
 flags.DEFINE_integer("num_clips", 0, "Clips sampled from the video (0: the data.eval_clips).")
 flags.DEFINE_integer("channels", 4, "Flow channels shown.")
@@ -40,7 +42,7 @@ def _run(argv: list[str]) -> None:
         fail(f"unexpected arguments {argv[1:]} (all inputs are flags)")
     if FLAGS.num_clips < 0:
         fail("--num_clips must be >= 0")
-    # TensorFlow is imported only once the flags are known to be good.
+    start_tensorflow()  # only once the flags are known to be good
     from repflow_tf.config import ConfigError
     from repflow_tf.data import DataError
     from repflow_tf.visualize_video import VisualizeError, visualize_flow
