@@ -16,6 +16,7 @@ COMMANDS = {
     "repflow-evaluate": ("evaluate", "--workdir"),
     "repflow-predict": ("predict", "--model"),
     "repflow-convert": ("convert", "--output_dir"),
+    "repflow-visualize": ("visualize", "--workdir"),
 }
 # What TensorFlow's C++ start-up writes to stderr on a machine like this one.
 NOISE = ("absl::InitializeLog", "I0000", "E0000", "W0000", "cuInit", "oneDNN", "cudart")

@@ -527,15 +527,15 @@ def test_tensorboard_serves_scalars_flow_images_and_hparams(trained_workdir):
 
         image_tags = _get(f"{base}/images/tags")["validation"]
         assert list(image_tags) == ["flow_images/first_flow_layer"]
-        assert image_tags["flow_images/first_flow_layer"]["samples"] == 4  # 4 of the 4 channels
+        assert image_tags["flow_images/first_flow_layer"]["samples"] == 1  # one panel
         query = urllib.parse.urlencode({"run": "validation", "tag": "flow_images/first_flow_layer"})
         entries = _get(f"{base}/images/images?{query}&sample=0")
         assert [entry["step"] for entry in entries] == [0, 1]
         png = _get(f"{base}/images/individualImage?{entries[-1]['query']}")
         image = tf.io.decode_png(png).numpy()
-        assert (
-            image.shape == (8, 3 * 8, 3) and image.max() > 0
-        )  # 3 flow steps of 8 x 8 side by side
+        # 32 x 32 frames shown at 64 x 64: the frame row over 4 flow channel rows; 3 flow
+        # steps side by side, then the colour wheel.
+        assert image.shape == (5 * 64, 4 * 64, 3) and image[64:, : 3 * 64].max() > 0
 
         histograms = _get(f"{base}/histograms/tags")["train"]
         assert any("representation_flow/log_theta" in tag for tag in histograms)
