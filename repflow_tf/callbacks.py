@@ -11,9 +11,10 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import os
+import statistics
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TextIO
 
 import keras
@@ -249,37 +250,72 @@ def format_metrics(logs: Mapping[str, Any]) -> str:
 
 class ProgressLogger(keras.callbacks.Callback):
     """Prints a line every `every_steps` steps (epoch, step/total, running loss and accuracy,
-    steps/s, ETA of the whole run) and one per epoch with the validation metrics."""
+    steps/s, ETA of the whole run) and one per epoch with the validation metrics.
 
-    def __init__(self, state: TrainingState, every_steps: int = 10, log: TextIO = sys.stdout):
+    Rate and ETA are steady-state: measured from the first printed step of this run on (the
+    steps before it include tracing and compiling), without validation time, which the ETA adds
+    back per remaining epoch once one validation was timed. Until then the ETA is "--".
+    """
+
+    def __init__(
+        self,
+        state: TrainingState,
+        every_steps: int = 10,
+        log: TextIO = sys.stdout,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         super().__init__()
         self.state = state
         self.every_steps = every_steps
         self.log = log
-        self._start = time.monotonic()
-        self._start_step = state.global_step
+        self.clock = clock
+        self._start = clock()
+        self._steady: tuple[float, int, float] | None = None  # (time, global step, validation s)
+        self._validation_s = 0.0
+        self._validation_runs: list[float] = []
+        self._test_start = 0.0
 
     def _print(self, line: str) -> None:
         print(line, file=self.log, flush=True)
+
+    def on_test_begin(self, logs: Mapping[str, Any] | None = None) -> None:
+        self._test_start = self.clock()
+
+    def on_test_end(self, logs: Mapping[str, Any] | None = None) -> None:
+        seconds = self.clock() - self._test_start
+        self._validation_s += seconds
+        self._validation_runs.append(seconds)
+
+    def _rate_and_eta(self) -> tuple[str, str]:
+        now, step = self.clock(), self.state.global_step
+        if self._steady is None:
+            self._steady = (now, step, self._validation_s)
+            return "", "ETA --"
+        since, first_step, validation_before = self._steady
+        training_s = now - since - (self._validation_s - validation_before)
+        rate = (step - first_step) / max(training_s, 1e-9)
+        total = self.state.steps_per_epoch
+        remaining = self.state.epochs * total - step
+        eta = remaining / max(rate, 1e-9)
+        if self._validation_runs:
+            validations_left = self.state.epochs - int(self.state.epoch)
+            eta += validations_left * statistics.median(self._validation_runs)
+        return f"{rate:.2f} steps/s ", f"ETA {_format_duration(eta)}"
 
     def on_train_batch_end(self, batch: int, logs: Mapping[str, Any] | None = None) -> None:
         step, total = int(self.state.batch), self.state.steps_per_epoch
         if step % self.every_steps and step != total:
             return
-        elapsed = time.monotonic() - self._start
-        done = self.state.global_step - self._start_step
-        rate = done / max(elapsed, 1e-9)
-        remaining = self.state.epochs * total - self.state.global_step
+        rate, eta = self._rate_and_eta()
         self._print(
             f"epoch {int(self.state.epoch) + 1}/{self.state.epochs} step {step}/{total} "
-            f"{format_metrics(logs or {})} {rate:.2f} steps/s "
-            f"ETA {_format_duration(remaining / max(rate, 1e-9))}"
+            f"{format_metrics(logs or {})} {rate}{eta}"
         )
 
     def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
         self._print(
             f"epoch {epoch + 1}/{self.state.epochs} done: {format_metrics(logs or {})} "
-            f"({_format_duration(time.monotonic() - self._start)} elapsed)"
+            f"({_format_duration(self.clock() - self._start)} elapsed)"
         )
 
 
