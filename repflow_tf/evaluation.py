@@ -25,6 +25,7 @@ from typing import Any, TextIO
 
 import numpy as np
 import tensorflow as tf
+import tqdm
 
 from repflow_tf import data
 from repflow_tf.fileio import write_atomic, write_json_atomic
@@ -382,20 +383,32 @@ def evaluate_model(
     num_batches = max(1, math.ceil(manifest.num_accepted / batch_size))
     start = time.perf_counter()
     label = label or os.path.basename(os.path.normpath(split_dir))
+    # On a terminal a progress bar; in a log file a line every `log_every` batches.
+    bar = tqdm.tqdm(
+        total=num_batches,
+        desc=f"eval {label}",
+        unit="batch",
+        file=log,
+        disable=log is None or not log.isatty(),
+        dynamic_ncols=True,
+    )
     for index, (frames, labels) in enumerate(dataset, start=1):
         if num_clips == 1:
             frames = tf.nest.map_structure(lambda x: x[:, None], frames)
         metrics.update(step(frames).numpy(), labels.numpy())
-        if log is not None and (index % log_every == 0 or index == num_batches):
+        running = metrics.result(trained.class_names).video_top1
+        bar.set_postfix(videos=metrics.num_videos, top1=f"{running:.4f}", refresh=False)
+        bar.update()
+        if bar.disable and log is not None and (index % log_every == 0 or index == num_batches):
             elapsed = time.perf_counter() - start
-            running = metrics.result(trained.class_names)
             print(
                 f"eval {label}: batch {index}/{num_batches}, {metrics.num_videos} videos, "
                 f"{metrics.num_videos * num_clips / elapsed:.1f} clips/s, "
-                f"video top-1 so far {running.video_top1:.4f}",
+                f"video top-1 so far {running:.4f}",
                 file=log,
                 flush=True,
             )
+    bar.close()
     return metrics.result(trained.class_names)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import io
 import json
 import math
 import os
@@ -20,6 +21,7 @@ from repflow_tf.evaluation import (
     ClassificationMetrics,
     compute_metrics,
     correct_at_k,
+    evaluate_model,
     evaluate_workdir,
     format_summary,
 )
@@ -244,3 +246,24 @@ def test_cli_errors_are_one_line(cli):
         lines = result["stderr"].splitlines()
         assert result["code"] == 2 and len(lines) == 1, (name, result)
         assert lines[0].startswith("repflow-evaluate: error: ") and text in lines[0], (name, lines)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_evaluation_shows_a_bar_on_a_terminal_and_lines_in_a_log(workdirs, terminal):
+    log = _Terminal() if terminal else io.StringIO()
+    trained = load_trained(workdirs.trained)
+    split = os.path.join(workdirs.data_root, "val")
+    evaluate_model(trained, split, num_clips=2, batch_size=3, log_every=1, log=log)
+    text = log.getvalue()
+    if terminal:
+        assert "\r" in text and "eval val: 100%" in text and "3/3" in text and "top1=" in text
+        assert "batch 1/3" not in text
+    else:
+        assert [line.split(",")[0] for line in text.splitlines()] == [
+            f"eval val: batch {index}/3" for index in (1, 2, 3)
+        ]
