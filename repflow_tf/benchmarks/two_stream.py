@@ -10,7 +10,8 @@ column reads the demo runs' evaluation reports (`repflow-evaluate`) where they e
 Cost model: TV-L1 costs `(num_frames - 1) x` one pair (5 scales x 5 warps x up to 30 inner
 iterations of a few stencils per pixel, growing with the frame area); the CNNs cost their
 convolutions, and representation flow adds `iterations x` a few depthwise stencils on the
-flow block's (smaller) feature maps.
+flow block's (smaller) feature maps. TV-L1 and every CNN are timed round-robin, median of
+`repeats` rounds after one warm-up round.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -26,7 +28,6 @@ import numpy as np
 import tensorflow as tf
 
 from repflow_tf import data, models
-from repflow_tf.benchmarks.layer import time_calls
 from repflow_tf.config import ModelConfig
 
 # name: (model options, demo workdir with its evaluation, paper's 2D CNN run-time in ms/video)
@@ -100,26 +101,48 @@ def _model_call(options: dict[str, Any], setting: Setting) -> Callable[[dict], A
     return tf.function(lambda inputs: model(inputs, training=False)), config.inputs
 
 
+def _timed_ms(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    for tensor in tf.nest.flatten(fn()):
+        if hasattr(tensor, "numpy"):
+            tensor.numpy()
+    return (time.perf_counter() - start) * 1e3
+
+
 def measure(setting: Setting, repeats: int, log: Callable[[str], None] = print) -> list[dict]:
-    """Times every row of `ROWS` at `setting`; one dict per row."""
+    """Times every row of `ROWS` at `setting`; one dict per row. The cells are timed round-robin
+    (every cell once per repeat), so that a load change on the machine hits all of them alike."""
     video, frames = _clip(setting, seed=0)
     tvl1 = data.TVL1()
-    flow_time = time_calls(lambda: tvl1(video), repeats, cell_seconds=120)["ms"]
     window = data.centre_window(setting.frame_size, setting.frame_size, setting.crop_size)
     flow = data.crop_flow(tvl1(video), window, setting.crop_size).numpy()[None]
-    rows = []
-    for name, (options, _, paper_ms) in ROWS.items():
+    given = {"frames": frames, "optical_flow": flow}
+    cells: dict[str, Callable[[], Any]] = {"TV-L1": lambda: tvl1(video)}
+    uses_flow = {}
+    for name, (options, _, _) in ROWS.items():
         call, inputs = _model_call(options, setting)
-        given = {"frames": frames, "optical_flow": flow}
+        wanted = {"rgb": ["frames"], "optical_flow": ["optical_flow"]}.get(
+            inputs, ["frames", "optical_flow"]
+        )
+        argument = {key: tf.constant(given[key]) for key in wanted}
         if inputs == "rgb":
-            argument = tf.constant(frames)
-        else:
-            wanted = ["optical_flow"] if inputs == "optical_flow" else ["frames", "optical_flow"]
-            argument = {key: tf.constant(given[key]) for key in wanted}
-        cnn = time_calls(lambda call=call, argument=argument: call(argument), repeats, 120)["ms"]
-        tvl1_ms = flow_time if inputs != "rgb" else 0.0
-        rows.append({"model": name, "tvl1_ms": tvl1_ms, "cnn_ms": cnn, "paper_ms": paper_ms})
-        log(f"  {name}: TV-L1 {tvl1_ms:.0f} ms + CNN {cnn:.1f} ms per clip")
+            argument = argument["frames"]
+        cells[name] = lambda call=call, argument=argument: call(argument)
+        uses_flow[name] = inputs != "rgb"
+    times: dict[str, list[float]] = {name: [] for name in cells}
+    for fn in cells.values():
+        _timed_ms(fn)  # warm-up: tracing
+    for _ in range(repeats):
+        for name, fn in cells.items():
+            times[name].append(_timed_ms(fn))
+    median = {name: statistics.median(values) for name, values in times.items()}
+    rows = []
+    for name, (_, _, paper_ms) in ROWS.items():
+        tvl1_ms = median["TV-L1"] if uses_flow[name] else 0.0
+        rows.append(
+            {"model": name, "tvl1_ms": tvl1_ms, "cnn_ms": median[name], "paper_ms": paper_ms}
+        )
+        log(f"  {name}: TV-L1 {tvl1_ms:.0f} ms + CNN {median[name]:.1f} ms per clip")
     return rows
 
 
