@@ -27,7 +27,9 @@ FLOW_STACKS = options.FLOW_STACKS
 FLOW_LEARN_GROUPS = options.LEARNABLE_GROUPS
 FLOW_GRADIENTS = options.GRADIENTS
 FUSIONS = ("none", "late", "add", "multiply", "layer_multiply", "concat")
-INPUT_NORMALIZATIONS = ("imagenet", "symmetric")
+INPUT_NORMALIZATIONS = ("imagenet", "symmetric", "caffe")
+RESNET_VARIANTS = ("v1.5", "v1")
+INFLATIONS = ("mean", "center")
 
 _Config = TypeVar("_Config")
 
@@ -98,8 +100,25 @@ class ModelConfig:
             `"rgb+optical_flow"` (two-stream: RGB and optical flow CNNs, predictions averaged).
         dropout: dropout rate before the classifier (0.5 for Kinetics, 0.8 for HMDB).
         synchronized_bn: `BatchNormalization(synchronized=True)` everywhere (distributed training).
-        input_normalization: how the model maps raw [0, 255] frames: `"imagenet"` (mean/std) or
-            `"symmetric"` ([-1, 1]).
+        input_normalization: how the model maps raw [0, 255] frames: `"imagenet"` (mean/std),
+            `"symmetric"` ([-1, 1]) or `"caffe"` (minus the ImageNet mean, unscaled: the inputs
+            of `keras.applications.ResNet50`, whose BGR order `pretrained` absorbs into conv1).
+        resnet_variant: `"v1.5"` (the stride of a bottleneck in its 3x3 conv, as torchvision;
+            "same" padding everywhere) or `"v1"` (the stride in the bottleneck's first 1x1 conv,
+            the stem conv and max pool zero-padded by 3 and 1 pixels then unpadded: exactly
+            `keras.applications.ResNet50`). The basic blocks of depths 18 and 34 have no 1x1
+            conv: there only the stem differs.
+        pretrained: start the RGB backbone(s) of a fresh training run from
+            `keras.applications.ResNet50` weights: `""` (none), `"imagenet"` (Keras downloads
+            them) or the path of a weights file (`.weights.h5` or `.h5`, with or without the
+            top). Needs depth 50, base width 64, `resnet_variant="v1"` and
+            `input_normalization="caffe"` (the layout and inputs the weights were trained with);
+            the flow layers, the classifier and optical flow backbones keep their initialisation.
+            A resumed run restores its checkpoint instead; building a model never loads them.
+        pretrained_inflation: how `pretrained` fills the 3D and (2+1)D kernels from the 2D ones:
+            `"mean"` (I3D: repeated over time and divided by the temporal size, so a clip of one
+            repeated frame gives the 2D features away from the clip ends) or `"center"` (the 2D
+            kernel on the middle time step, zeros elsewhere: every frame gives its 2D features).
         num_frames: static number of input frames, or None (any); the optical flow input then
             has `num_frames - 1` fields.
         image_size: static input height = width, or None (any).
@@ -121,6 +140,9 @@ class ModelConfig:
     dropout: float = 0.5
     synchronized_bn: bool = False
     input_normalization: str = "imagenet"
+    resnet_variant: str = "v1.5"
+    pretrained: str = ""
+    pretrained_inflation: str = "mean"
     num_frames: int | None = None
     image_size: int | None = None
     name: str | None = None
@@ -157,6 +179,13 @@ class ModelConfig:
                 f"Received: synchronized_bn={self.synchronized_bn!r}"
             )
         _check_choice("input_normalization", self.input_normalization, INPUT_NORMALIZATIONS)
+        _check_choice("resnet_variant", self.resnet_variant, RESNET_VARIANTS)
+        if not isinstance(self.pretrained, str):
+            raise ValueError(
+                "`pretrained` must be a string: '' (none), 'imagenet' or a weights file path. "
+                f"Received: pretrained={self.pretrained!r}"
+            )
+        _check_choice("pretrained_inflation", self.pretrained_inflation, INFLATIONS)
         # Each flow layer drops a frame; precomputed optical flow has num_frames - 1 fields.
         min_frames = 2 if self.inputs != "rgb" else 1 + self.flow_layers
         _check_int("num_frames", self.num_frames, min_frames, allow_none=True)
@@ -173,6 +202,34 @@ class ModelConfig:
             raise ValueError(
                 "The optical flow baselines have no representation flow layer. Received: "
                 f"inputs={self.inputs!r} with flow_position={self.flow_position!r}"
+            )
+
+        if self.pretrained:
+            self._check_pretrained()
+
+    def _check_pretrained(self) -> None:
+        needed = {
+            "depth": 50,
+            "base_width": 64,
+            "resnet_variant": "v1",
+            "input_normalization": "caffe",
+        }
+        wrong = [
+            f"{key}={getattr(self, key)!r}"
+            for key, value in needed.items()
+            if getattr(self, key) != value
+        ]
+        if wrong:
+            raise ValueError(
+                "`pretrained` loads keras.applications.ResNet50 weights: it needs depth=50, "
+                "base_width=64, resnet_variant='v1' and input_normalization='caffe' (the layout "
+                f"and inputs they were trained with). Received: pretrained={self.pretrained!r} "
+                f"with {', '.join(wrong)}"
+            )
+        if self.inputs == "optical_flow":
+            raise ValueError(
+                "`pretrained` initialises RGB backbones; the optical flow baseline has none. "
+                f"Received: pretrained={self.pretrained!r} with inputs='optical_flow'"
             )
 
     @property
@@ -348,6 +405,11 @@ class TrainerConfig:
             epochs (0: never).
         histograms_every_epochs: write weight histograms every this many epochs (0: never).
         log_every_steps: print a progress line every this many steps.
+        init_from: a training workdir whose model (its `model.keras`, the latest completed
+            epoch) starts a fresh run: every layer whose name and weight shapes match is loaded,
+            the others (the classifier when the class count differs) keep their initialisation;
+            `""`: none. Its `model.resnet_variant` and `model.input_normalization` must be this
+            config's. A resumed run restores its own checkpoint and ignores this.
     """
 
     epochs: int = 10
@@ -357,6 +419,7 @@ class TrainerConfig:
     flow_images_every_epochs: int = 1
     histograms_every_epochs: int = 1
     log_every_steps: int = 10
+    init_from: str = ""
 
     def __post_init__(self):
         _check_int("epochs", self.epochs, 1)
@@ -369,6 +432,11 @@ class TrainerConfig:
         ):
             _check_int(name, getattr(self, name), 0)
         _check_int("log_every_steps", self.log_every_steps, 1)
+        if not isinstance(self.init_from, str):
+            raise ValueError(
+                "`init_from` must be a string: a workdir path, or '' (none). "
+                f"Received: init_from={self.init_from!r}"
+            )
 
 
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")

@@ -5,9 +5,10 @@ flow `(batch, time, height, width, 2)` in pixels) to features `(batch, time', h,
 
 Conventions (see the README):
 
-- Input range: the model takes raw [0, 255] frames and rescales them itself (ImageNet mean/std or
-  [-1, 1]); the representation flow on the input works on the raw frames (it normalises each
-  channel itself). Optical flow input is in pixels and divided by 20 (the usual ±20 clip range).
+- Input range: the model takes raw [0, 255] frames and rescales them itself (ImageNet mean/std,
+  [-1, 1], or minus the ImageNet mean as `keras.applications.ResNet50` expects); the
+  representation flow on the input works on the raw frames (it normalises each channel itself).
+  Optical flow input is in pixels and divided by 20 (the usual ±20 clip range).
 - Time: no temporal striding anywhere (the 3D/(2+1)D kernels pad time with "same"), so T stays
   T until the flow; each flow layer drops one frame: its output at t is aligned to frame t + 1
   (FlowBlock's `inputs[:, 1:]`), so fusion aligns the RGB features by dropping the first frame(s).
@@ -34,6 +35,9 @@ GROUP_STRIDES = (1, 2, 2, 2)  # spatial only; no temporal striding
 MODALITY_CHANNELS = {"rgb": 3, "optical_flow": 2}
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
+# keras.applications.resnet50.preprocess_input ("caffe"): BGR minus this mean (here in RGB order;
+# the pretrained loader reverses conv1's input channels instead of the frames').
+CAFFE_MEAN = (123.68, 116.779, 103.939)
 OPTICAL_FLOW_SCALE = 1.0 / 20.0
 # Batch norm of the backbone (the torchvision / PyTorch defaults the paper's models use).
 BATCH_NORM = {"momentum": 0.9, "epsilon": 1e-5}
@@ -104,48 +108,87 @@ def _batch_norm(x, name: str, config: ModelConfig):
     )(x)
 
 
-def _conv(x, filters: int, size: int, stride: int, temporal: int, name: str, config: ModelConfig):
+def _zero_pad(x, spatial: int, temporal: int, name: str, config: ModelConfig):
+    """Zero padding by `spatial` pixels on every side (and `temporal` frames in 3D)."""
+    if config.kind == "2d":
+        return keras.layers.ZeroPadding2D(spatial, name=name)(x)
+    return keras.layers.ZeroPadding3D((temporal, spatial, spatial), name=name)(x)
+
+
+def _conv(
+    x,
+    filters: int,
+    size: int,
+    stride: int,
+    temporal: int,
+    name: str,
+    config: ModelConfig,
+    symmetric: bool = False,
+):
     """A `size`x`size` conv with spatial `stride` in the backbone's kind.
 
     2D: Conv2D on folded frames. 3D: Conv3D (temporal, size, size). (2+1)D with temporal > 1:
     Conv3D (1, size, size) -> BN -> ReLU -> Conv3D (temporal, 1, 1), with Tran et al.'s middle
-    width that matches the 3D conv's parameter count.
+    width that matches the 3D conv's parameter count. "same" padding, or with `symmetric` zero
+    padding by `size // 2` on every side then none (keras.applications' stem), the same in
+    time (3D) since the stride there is 1.
     """
-    common = {"padding": "same", "use_bias": False, "kernel_initializer": "he_normal"}
+    common = {"use_bias": False, "kernel_initializer": "he_normal"}
+    spatial_padding = "same"
+    if symmetric:
+        spatial_padding = "valid"
+        split = config.kind == "2plus1d" and temporal > 1
+        pad_time = 0 if split or config.kind != "3d" else temporal // 2
+        x = _zero_pad(x, size // 2, pad_time, f"{name}_pad", config)
     if config.kind == "2d":
-        return keras.layers.Conv2D(filters, size, strides=stride, name=name, **common)(x)
+        return keras.layers.Conv2D(
+            filters, size, strides=stride, padding=spatial_padding, name=name, **common
+        )(x)
     strides = (1, stride, stride)
     if config.kind == "3d" or temporal == 1:
         kernel = (temporal if config.kind == "3d" else 1, size, size)
-        return keras.layers.Conv3D(filters, kernel, strides=strides, name=name, **common)(x)
+        return keras.layers.Conv3D(
+            filters, kernel, strides=strides, padding=spatial_padding, name=name, **common
+        )(x)
     in_channels = x.shape[-1]
     middle = (temporal * size * size * in_channels * filters) // (
         size * size * in_channels + temporal * filters
     )
     x = keras.layers.Conv3D(
-        middle, (1, size, size), strides=strides, name=f"{name}_spatial", **common
+        middle,
+        (1, size, size),
+        strides=strides,
+        padding=spatial_padding,
+        name=f"{name}_spatial",
+        **common,
     )(x)
     x = _batch_norm(x, f"{name}_spatial_bn", config)
     x = keras.layers.ReLU(name=f"{name}_spatial_relu")(x)
-    return keras.layers.Conv3D(filters, (temporal, 1, 1), name=f"{name}_temporal", **common)(x)
+    return keras.layers.Conv3D(
+        filters, (temporal, 1, 1), padding="same", name=f"{name}_temporal", **common
+    )(x)
 
 
-def _conv_bn(x, filters, size, stride, temporal, name, config, relu=True):
-    x = _conv(x, filters, size, stride, temporal, name, config)
+def _conv_bn(x, filters, size, stride, temporal, name, config, relu=True, symmetric=False):
+    x = _conv(x, filters, size, stride, temporal, name, config, symmetric)
     x = _batch_norm(x, f"{name}_bn", config)
     return keras.layers.ReLU(name=f"{name}_relu")(x) if relu else x
 
 
 def _residual_block(x, filters: int, stride: int, block_type: str, name: str, config):
-    """Basic (two 3x3) or bottleneck (1x1, 3x3, 1x1 x4) block; projection shortcut if needed."""
+    """Basic (two 3x3) or bottleneck (1x1, 3x3, 1x1 x4) block; projection shortcut if needed.
+
+    The bottleneck strides in its 3x3 conv (`resnet_variant="v1.5"`) or its first 1x1 (`"v1"`).
+    """
     if block_type == "basic":
         out_channels = filters
         y = _conv_bn(x, filters, 3, stride, 3, f"{name}_conv1", config)
         y = _conv_bn(y, filters, 3, 1, 3, f"{name}_conv2", config, relu=False)
     else:
         out_channels = 4 * filters
-        y = _conv_bn(x, filters, 1, 1, 1, f"{name}_conv1", config)
-        y = _conv_bn(y, filters, 3, stride, 3, f"{name}_conv2", config)
+        first, middle = (stride, 1) if config.resnet_variant == "v1" else (1, stride)
+        y = _conv_bn(x, filters, 1, first, 1, f"{name}_conv1", config)
+        y = _conv_bn(y, filters, 3, middle, 3, f"{name}_conv2", config)
         y = _conv_bn(y, out_channels, 1, 1, 1, f"{name}_conv3", config, relu=False)
     shortcut = x
     if stride != 1 or x.shape[-1] != out_channels:
@@ -216,6 +259,10 @@ def _preprocess(inputs, modality: str, config: ModelConfig):
         return keras.layers.Rescaling(OPTICAL_FLOW_SCALE, name="rescaling")(inputs)
     if config.input_normalization == "symmetric":
         return keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescaling")(inputs)
+    if config.input_normalization == "caffe":
+        return keras.layers.Normalization(
+            mean=list(CAFFE_MEAN), variance=[1.0, 1.0, 1.0], name="rescaling"
+        )(inputs)
     return keras.layers.Normalization(
         mean=list(IMAGENET_MEAN), variance=[s * s for s in IMAGENET_STD], name="rescaling"
     )(inputs)
@@ -261,11 +308,16 @@ class _FlowPlacement:
 
 
 def _stem(x, config: ModelConfig):
-    """7x7 conv stride 2 (3x7x7 in 3D), BN, ReLU, 3x3 max pool stride 2."""
-    x = _conv_bn(x, config.base_width, 7, 2, 3, "conv1", config)
+    """7x7 conv stride 2 (3x7x7 in 3D), BN, ReLU, 3x3 max pool stride 2; "same" padding, or
+    (`resnet_variant="v1"`) zero padding by 3 and 1 pixels then none, as keras.applications."""
+    v1 = config.resnet_variant == "v1"
+    x = _conv_bn(x, config.base_width, 7, 2, 3, "conv1", config, symmetric=v1)
+    padding = "same"
+    if v1:  # zeros after a ReLU are no larger than any value: as if the pool ignored them
+        x, padding = _zero_pad(x, 1, 0, "pool1_pad", config), "valid"
     if config.kind == "2d":
-        return keras.layers.MaxPooling2D(3, 2, padding="same", name="pool1")(x)
-    return keras.layers.MaxPooling3D((1, 3, 3), (1, 2, 2), padding="same", name="pool1")(x)
+        return keras.layers.MaxPooling2D(3, 2, padding=padding, name="pool1")(x)
+    return keras.layers.MaxPooling3D((1, 3, 3), (1, 2, 2), padding=padding, name="pool1")(x)
 
 
 def _residual_groups(x, config: ModelConfig, flow: _FlowPlacement):
