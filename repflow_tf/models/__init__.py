@@ -12,17 +12,28 @@ from repflow_tf.models.backbone import (
     input_spec,
 )
 from repflow_tf.models.classifier import INPUT_NAMES, build, classifier_head, streams
-from repflow_tf.models.inflate import inflate_2d_weights
+from repflow_tf.models.inflate import inflate_2d_weights, inflate_into
+from repflow_tf.models.pretrained import (
+    PretrainedError,
+    copy_matching_weights,
+    load_pretrained,
+    resnet50_weights,
+)
 
 __all__ = [
     "INPUT_NAMES",
     "FoldTime",
+    "PretrainedError",
     "SpatialAveragePooling",
     "UnfoldTime",
     "build",
     "build_backbone",
     "classifier_head",
+    "copy_matching_weights",
     "inflate_2d_weights",
+    "inflate_into",
     "input_spec",
+    "load_pretrained",
+    "resnet50_weights",
     "streams",
 ]
