@@ -20,11 +20,16 @@ Use from any TensorFlow program:
     outputs["probabilities"]
 
 or, with repflow_tf, `load_exported(path)` and `predict_video(exported, "video.mp4")`.
+
+TFLite and ONNX exports of the same signature, checked against Keras when written, are
+`repflow_tf.export_formats` (`export_trained(..., format="tflite")`); `load_exported` loads
+them too.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from collections.abc import Sequence
@@ -35,6 +40,7 @@ import numpy as np
 import tensorflow as tf
 
 from repflow_tf import data
+from repflow_tf.data.optical_flow import LEVELS as FLOW_LEVELS
 from repflow_tf.evaluation import TOP_K
 from repflow_tf.fileio import atomic_directory, write_atomic, write_json_atomic
 from repflow_tf.workdir import TrainedModel, Workdir, one_line
@@ -158,7 +164,7 @@ def _check_output(output_dir: str, overwrite: bool) -> None:
 
 def _quantised(flow: tf.Tensor, bound: float) -> tf.Tensor:
     """`flow` as the training data stores it: clipped to +-bound, on the 8-bit grid."""
-    step = bound / data.optical_flow.LEVELS
+    step = bound / FLOW_LEVELS
     return tf.round(tf.clip_by_value(flow, -bound, bound) / step) * step
 
 
@@ -226,14 +232,18 @@ def export_model(
     output_dir = os.path.normpath(output_dir)
     with atomic_directory(output_dir) as temporary:
         archive.write_out(temporary, verbose=False)
-        assets = os.path.join(temporary, ASSETS_DIR)
-        os.makedirs(assets, exist_ok=True)
-        write_atomic(
-            os.path.join(assets, CLASS_NAMES_ASSET), "".join(f"{name}\n" for name in class_names)
-        )
-        write_json_atomic(os.path.join(assets, PREPROCESSING_ASSET), preprocessing.to_json())
+        write_assets(os.path.join(temporary, ASSETS_DIR), class_names, preprocessing)
         _check_output(output_dir, overwrite)  # again: it may have appeared meanwhile
     return output_dir
+
+
+def write_assets(folder: str, class_names: Sequence[str], preprocessing: Preprocessing) -> None:
+    """Writes `class_names.txt` (one per line, in output order) and `preprocessing.json`."""
+    os.makedirs(folder, exist_ok=True)
+    write_atomic(
+        os.path.join(folder, CLASS_NAMES_ASSET), "".join(f"{name}\n" for name in class_names)
+    )
+    write_json_atomic(os.path.join(folder, PREPROCESSING_ASSET), preprocessing.to_json())
 
 
 def _input_specs(model: keras.Model, class_names: Sequence[str], pre: Preprocessing) -> list:
@@ -291,9 +301,12 @@ def _archive(model, class_names, preprocessing: Preprocessing, specs: list):
     return archive
 
 
-def export_trained(workdir: Workdir, output_dir: str, *, overwrite: bool = False) -> str:
+def export_trained(
+    workdir: Workdir, output_dir: str, *, overwrite: bool = False, format: str = "saved_model"
+) -> str:
     """Exports a trained model with its class names and preprocessing facts
-    (`preprocessing_for`); returns `output_dir`.
+    (`preprocessing_for`) as a SavedModel (`export_model`) or, with `format="tflite"` or
+    `"onnx"`, as `repflow_tf.export_formats.export_converted` writes it; returns `output_dir`.
 
     `workdir` comes from `repflow_tf.workdir.read_workdir` (the model is loaded and checked
     after the output folder passed its checks) or `load_trained`.
@@ -302,9 +315,17 @@ def export_trained(workdir: Workdir, output_dir: str, *, overwrite: bool = False
 
         export_trained(read_workdir("runs/demo"), "runs/demo/export")
     """
+    from repflow_tf import export_formats  # it builds on this module
+
+    if format not in export_formats.FORMATS:
+        raise ExportError(f"unknown export format {format!r}; one of {export_formats.FORMATS}")
     _check_output(output_dir, overwrite)  # before the slow part
     trained = workdir if isinstance(workdir, TrainedModel) else workdir.load()
-    return export_model(
+    if format == "saved_model":
+        write = export_model
+    else:
+        write = functools.partial(export_formats.export_converted, format=format)
+    return write(
         trained.model,
         output_dir,
         trained.class_names,
@@ -325,36 +346,61 @@ class ExportedModel:
         path: the export directory.
         class_names: one per output.
         preprocessing: how to make clips from a video.
-        loaded: the object `tf.saved_model.load` returned (it owns the variables).
+        loaded: the object `tf.saved_model.load` returned (it owns the variables), or for
+            `format` "tflite" / "onnx" the `repflow_tf.export_formats` runner.
+        format: "saved_model", "tflite" or "onnx".
     """
 
     path: str
     class_names: tuple[str, ...]
     preprocessing: Preprocessing
     loaded: Any
+    format: str = "saved_model"
 
     @property
     def signature(self) -> Any:
-        """The `serving_default` concrete function."""
+        """The `serving_default` concrete function (of a SavedModel)."""
         return self.loaded.signatures[SIGNATURE]
 
     @property
     def input_names(self) -> tuple[str, ...]:
         """The signature's inputs: `frames` and/or `optical_flow`."""
+        if self.format != "saved_model":
+            return self.loaded.input_names
         return tuple(sorted(self.signature.structured_input_signature[1]))
 
     def __call__(
         self, frames: np.ndarray | None, optical_flow: np.ndarray | None = None
     ) -> dict[str, np.ndarray]:
         """{"logits", "probabilities"} as NumPy arrays (batch, classes)."""
-        given = {INPUT_NAME: (frames, tf.uint8), FLOW_INPUT_NAME: (optical_flow, tf.float32)}
-        inputs = {name: tf.constant(given[name][0], given[name][1]) for name in self.input_names}
-        outputs = self.signature(**inputs)
+        given = {INPUT_NAME: (frames, np.uint8), FLOW_INPUT_NAME: (optical_flow, np.float32)}
+        inputs = {name: np.asarray(given[name][0], given[name][1]) for name in self.input_names}
+        if self.format != "saved_model":  # `loaded` is an `export_formats` runner
+            return self.loaded(inputs)
+        outputs = self.signature(**{name: tf.constant(value) for name, value in inputs.items()})
         return {name: value.numpy() for name, value in outputs.items()}
 
 
+def read_assets(folder: str, what: str) -> tuple[tuple[str, ...], Preprocessing]:
+    """The class names and preprocessing facts stored in `folder`; `ExportError` starting with
+    `what` when they cannot be read."""
+    try:
+        with open(os.path.join(folder, CLASS_NAMES_ASSET), encoding="utf-8") as file:
+            class_names = tuple(line.rstrip("\n") for line in file if line.strip())
+        with open(os.path.join(folder, PREPROCESSING_ASSET), encoding="utf-8") as file:
+            preprocessing = Preprocessing.from_json(
+                json.load(file), f"{folder}/{PREPROCESSING_ASSET}"
+            )
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ExportError(
+            f"{what} (cannot read {folder}/{CLASS_NAMES_ASSET} and {PREPROCESSING_ASSET}: {error})"
+        ) from None
+    return class_names, preprocessing
+
+
 def load_exported(path: str) -> ExportedModel:
-    """Loads an export written by `export_model`; `ExportError` naming `path` if it is none.
+    """Loads an export written by `export_model` (or a TFLite / ONNX export folder written by
+    `export_formats.export_converted`); `ExportError` naming `path` if it is none.
 
     >>> try:
     ...     load_exported("/no/such/export")
@@ -364,21 +410,17 @@ def load_exported(path: str) -> ExportedModel:
     """
     if not os.path.isdir(path):
         raise ExportError(f"{path}: no such directory (--model)")
+    from repflow_tf import export_formats  # it builds on this module
+
+    if export_formats.converted_format(path):
+        return export_formats.load_converted(path)
     if not os.path.isfile(os.path.join(path, "saved_model.pb")):
-        raise ExportError(f"{path}: not a SavedModel (no saved_model.pb); see repflow-export")
-    assets = os.path.join(path, ASSETS_DIR)
-    try:
-        with open(os.path.join(assets, CLASS_NAMES_ASSET), encoding="utf-8") as file:
-            class_names = tuple(line.rstrip("\n") for line in file if line.strip())
-        with open(os.path.join(assets, PREPROCESSING_ASSET), encoding="utf-8") as file:
-            preprocessing = Preprocessing.from_json(
-                json.load(file), f"{assets}/{PREPROCESSING_ASSET}"
-            )
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ExportError(
-            f"{path}: not a repflow-export SavedModel (cannot read {ASSETS_DIR}/"
-            f"{CLASS_NAMES_ASSET} and {PREPROCESSING_ASSET}: {error})"
-        ) from None
+            f"{path}: not a SavedModel (no saved_model.pb), nor a model.tflite / model.onnx "
+            "export; see repflow-export"
+        )
+    assets = os.path.join(path, ASSETS_DIR)
+    class_names, preprocessing = read_assets(assets, f"{path}: not a repflow-export SavedModel")
     try:
         loaded = tf.saved_model.load(path)
     except Exception as error:  # TensorFlow raises many types for a broken SavedModel.
