@@ -62,6 +62,8 @@ from repflow_tf.workdir import (
     LOGS_DIR,
     MODEL_FILE,
     SUMMARY_FILE,
+    WorkdirError,
+    read_workdir,
     write_class_names,
 )
 
@@ -475,6 +477,8 @@ def train(
         checkpoint = _checkpoint(model, optimizer, parts, state, checkpoint_dir)
         manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=3)
         restored = _restore(checkpoint, manager)
+        if not restored:  # a fresh run; a resume keeps what its checkpoint holds
+            _initialise(config, model, log if chief else None)
         if chief:  # only now: nothing is written before every check has passed
             _write_run_files(config, workdir, splits["class_names"])
             if restored:
@@ -570,6 +574,57 @@ def _build_model_and_optimizer(config: ExperimentConfig, strategy, steps_per_epo
     # Built now, so that a restore finds every slot variable.
     optimizer.build(model.trainable_variables)
     return model, optimizer, parts
+
+
+def _initialise(config: ExperimentConfig, model: keras.Model, log: TextIO | None) -> None:
+    """The start of a fresh run: `model.pretrained` weights, or `trainer.init_from`'s model
+    (every layer of the same name and shapes); prints one line saying what was loaded."""
+    pretrained, init_from = config.model.pretrained, config.trainer.init_from
+    if pretrained and init_from:
+        raise TrainingError(
+            f"model.pretrained={pretrained!r} and trainer.init_from={init_from!r} both start "
+            "the weights; set one (a run started from init_from gets its pretrained weights)"
+        )
+    if pretrained:
+        try:
+            report = models.load_pretrained(model, config.model)
+        except models.PretrainedError as error:
+            raise TrainingError(str(error)) from None
+    elif init_from:
+        report = _init_from(config, model, init_from)
+    else:
+        return
+    if log is not None:
+        print(report, file=log, flush=True)
+
+
+def _init_from(config: ExperimentConfig, model: keras.Model, init_from: str) -> str:
+    try:
+        source = read_workdir(init_from).load()
+    except (WorkdirError, ValueError) as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise TrainingError(f"trainer.init_from={init_from!r}: {message:.300}") from None
+    for key in ("resnet_variant", "input_normalization"):
+        theirs, ours = getattr(source.config.model, key), getattr(config.model, key)
+        if theirs != ours:
+            raise TrainingError(
+                f"trainer.init_from={init_from!r} was trained with model.{key}={theirs!r}, "
+                f"this config has {ours!r}: its weights expect another "
+                f"{'layout' if key == 'resnet_variant' else 'input'}"
+            )
+    copied, kept = models.copy_matching_weights(source.model, model)
+    if not any("backbone/" in name for name in copied):
+        raise TrainingError(
+            f"trainer.init_from={init_from!r}: no backbone layer of {source.model_path} has the "
+            f"name and shapes of this model's (its [model]: kind={source.config.model.kind!r}, "
+            f"depth={source.config.model.depth})"
+        )
+    shown = ", ".join(kept[:6]) + (f" and {len(kept) - 6} more" if len(kept) > 6 else "")
+    return (
+        f"trainer.init_from={init_from!r}: {len(copied)} of {len(copied) + len(kept)} layers "
+        f"with weights loaded from {source.model_path}; re-initialised (no layer of that name "
+        f"and shape there): {shown or 'none'}"
+    )
 
 
 def _checkpoint(model, optimizer, parts, state: TrainingState, directory: str):
