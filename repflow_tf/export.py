@@ -376,9 +376,22 @@ class ExportedModel:
         given = {INPUT_NAME: (frames, np.uint8), FLOW_INPUT_NAME: (optical_flow, np.float32)}
         inputs = {name: np.asarray(given[name][0], given[name][1]) for name in self.input_names}
         if self.format != "saved_model":  # `loaded` is an `export_formats` runner
+            self._check_time_steps(inputs)
             return self.loaded(inputs)
         outputs = self.signature(**{name: tf.constant(value) for name, value in inputs.items()})
         return {name: value.numpy() for name, value in outputs.items()}
+
+    def _check_time_steps(self, inputs: dict[str, np.ndarray]) -> None:
+        """The SavedModel signature's `min_frames` check, which TFLite / ONNX models lack."""
+        name = INPUT_NAME if INPUT_NAME in inputs else FLOW_INPUT_NAME
+        extra = 1 if name == FLOW_INPUT_NAME else 0  # the flow has one field fewer than frames
+        array = inputs[name]
+        if array.ndim != 5 or array.shape[1] + extra < self.preprocessing.min_frames:
+            raise ValueError(
+                f"`{INPUT_NAME}` needs shape (batch, time, H, W, 3) with at least "
+                f"{self.preprocessing.min_frames} frames along the time axis (axis 1; "
+                f"`{FLOW_INPUT_NAME}` one less); got `{name}` {inputs[name].shape}"
+            )
 
 
 def read_assets(folder: str, what: str) -> tuple[tuple[str, ...], Preprocessing]:

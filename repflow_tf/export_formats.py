@@ -10,14 +10,16 @@ path are not convertible to ONNX). An export is a folder:
     <output>/preprocessing.json              `export.Preprocessing`
 
 - TFLite: `tf.lite.TFLiteConverter`, TFLite builtin ops only (no SELECT_TF_OPS / Flex: the
-  flow's iterations are one builtin WHILE op); run it with LiteRT:
+  flow's iterations run in a builtin WHILE op); run it with LiteRT:
   `Interpreter(model_path=...).get_signature_runner("serving_default")(frames=clips)`.
-- ONNX: `tf2onnx` (opset `ONNX_OPSET`; the iterations are one `Loop` node); run it with
+- ONNX: `tf2onnx` (opset `ONNX_OPSET`; the iterations run in a `Loop` node); run it with
   `onnxruntime.InferenceSession(path).run(["logits"], {"frames": clips})`.
 
 Both keep the SavedModel's dynamic batch and time axes (for models built without a fixed
-`num_frames`), but not its check that a clip has at least `min_frames` frames (converters drop
-assertions): the client must send `preprocessing.json`'s `min_frames` or more.
+`num_frames`, the default), but not its check that a clip has at least `min_frames` frames
+(converters drop assertions; the runtimes then fail with a reshape error): a client sends
+`preprocessing.json`'s `min_frames` or more. `export.load_exported` loads these folders too and
+checks that itself, so `repflow-predict --model <folder>` runs them.
 
 After conversion the written model is run on a probe clip and its logits compared with the Keras
 model's: a difference above `TOLERANCE` fails the export (`ExportError`), as does a converter
