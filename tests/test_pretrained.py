@@ -15,6 +15,7 @@ import os
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from keras.src.utils import file_utils
 from test_training import DEMO, make_tiny_data, run_cli, set_args, tiny_overrides
 
@@ -65,6 +66,15 @@ def _randomized_resnet50(seed: int = 0) -> keras.Model:
         layer.moving_variance.assign(variance)
         layer.gamma.assign(gamma)
     return resnet
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _float32_matmuls():
+    """Full float32 convolutions: on GPUs TensorFloat-32 (on by default) rounds to 1e-3."""
+    previous = tf.config.experimental.tensor_float_32_execution_enabled()
+    tf.config.experimental.enable_tensor_float_32_execution(False)
+    yield
+    tf.config.experimental.enable_tensor_float_32_execution(previous)
 
 
 @pytest.fixture(scope="module")
