@@ -373,12 +373,13 @@ class ExportedModel:
         self, frames: np.ndarray | None, optical_flow: np.ndarray | None = None
     ) -> dict[str, np.ndarray]:
         """{"logits", "probabilities"} as NumPy arrays (batch, classes)."""
-        given = {INPUT_NAME: (frames, np.uint8), FLOW_INPUT_NAME: (optical_flow, np.float32)}
-        inputs = {name: np.asarray(given[name][0], given[name][1]) for name in self.input_names}
+        given = {INPUT_NAME: (frames, tf.uint8), FLOW_INPUT_NAME: (optical_flow, tf.float32)}
+        inputs = {name: tf.constant(given[name][0], given[name][1]) for name in self.input_names}
         if self.format != "saved_model":  # `loaded` is an `export_formats` runner
-            self._check_time_steps(inputs)
-            return self.loaded(inputs)
-        outputs = self.signature(**{name: tf.constant(value) for name, value in inputs.items()})
+            arrays = {name: value.numpy() for name, value in inputs.items()}
+            self._check_time_steps(arrays)
+            return self.loaded(arrays)
+        outputs = self.signature(**inputs)
         return {name: value.numpy() for name, value in outputs.items()}
 
     def _check_time_steps(self, inputs: dict[str, np.ndarray]) -> None:
