@@ -4,7 +4,7 @@ or as TFLite / ONNX (see repflow_tf.export_formats), checked against Keras after
     repflow-export --workdir=runs/demo --output=runs/demo/export
     repflow-export --workdir=runs/demo --format=tflite   # runs/demo/export_tflite/model.tflite
     repflow-export --workdir=runs/demo --format=onnx     # runs/demo/export_onnx/model.onnx
-    repflow-export --model=best.keras --config=config.toml --class_names=classes.json \
+    repflow-export --model=best.keras --config=config.toml --class_names=classes.json \\
         --output=export
 
 Exit status 2 (one-line message) for bad flags, a model that does not match its config or class
@@ -14,15 +14,12 @@ or a converted model whose logits differ from Keras by more than 1e-3 on a probe
 
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
-
-from repflow_tf.cli import fail, parse_flags  # noqa: E402
-from repflow_tf.config import ConfigError  # noqa: E402
-from repflow_tf.export import ExportError, export_trained  # noqa: E402
-from repflow_tf.export_formats import FORMATS  # noqa: E402
-from repflow_tf.workdir import WorkdirError, read_workdir  # noqa: E402
+from repflow_tf.cli import fail, parse_flags, start_tensorflow
+from repflow_tf.config import ConfigError
+from repflow_tf.options import EXPORT_FORMATS
+from repflow_tf.workdir import WorkdirError, read_workdir
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
@@ -40,7 +37,7 @@ flags.DEFINE_multi_string("set", [], "Config override section.key=value (repeata
 flags.DEFINE_enum(
     "format",
     "saved_model",
-    FORMATS,
+    EXPORT_FORMATS,
     "saved_model (a SavedModel folder), tflite (<output>/model.tflite) or onnx "
     "(<output>/model.onnx), each with its class names and preprocessing facts.",
 )
@@ -61,7 +58,7 @@ def _run(argv: list[str]) -> None:
     output = FLAGS.output or (FLAGS.workdir and os.path.join(FLAGS.workdir, folder))
     if not output:
         fail("--output is required with --model/--config")
-    try:
+    try:  # the config and class names, before TensorFlow starts
         workdir = read_workdir(
             FLAGS.workdir,
             model_path=FLAGS.model,
@@ -69,6 +66,12 @@ def _run(argv: list[str]) -> None:
             class_names_path=FLAGS.class_names,
             overrides=FLAGS.set,
         )
+    except (WorkdirError, ConfigError) as error:
+        fail(str(error))
+    start_tensorflow()
+    from repflow_tf.export import ExportError, export_trained
+
+    try:
         path = export_trained(workdir, output, overwrite=FLAGS.overwrite, format=FLAGS.format)
     except (WorkdirError, ConfigError, ExportError, ValueError, OSError) as error:
         fail(str(error))

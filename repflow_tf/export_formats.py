@@ -56,9 +56,10 @@ from repflow_tf.export import (
 )
 from repflow_tf.fileio import atomic_directory, write_atomic
 from repflow_tf.layers import RepresentationFlow
+from repflow_tf.options import EXPORT_FORMATS
 from repflow_tf.workdir import one_line
 
-FORMATS = ("saved_model", "tflite", "onnx")
+FORMATS = EXPORT_FORMATS
 MODEL_FILES = {"tflite": "model.tflite", "onnx": "model.onnx"}
 ONNX_OPSET = 17
 TOLERANCE = 1e-3  # max |logit difference| to Keras on the probe clip

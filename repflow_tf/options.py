@@ -1,4 +1,5 @@
-"""The one definition of each flow option's choices, and their checks.
+"""The one definition of each option's choices (the flow layer's, the inputs, the export
+formats), and their checks.
 
 Free of TensorFlow (and of every other repflow_tf module), so that `repflow_tf.config` can check a
 config before TensorFlow starts; `ops`, `layers` and `config` all take the names from here.
@@ -17,6 +18,8 @@ FLOW_STACKS = ("single", "fof", "fcf")
 # What a model reads (`ModelConfig.inputs`) and so what the reader yields: RGB frames, precomputed
 # optical flow (the paper's "Flow CNN" baseline), or both (two-stream).
 INPUTS = ("rgb", "optical_flow", "rgb+optical_flow")
+# `repflow-export --format` (`repflow_tf.export_formats`).
+EXPORT_FORMATS = ("saved_model", "tflite", "onnx")
 
 
 def validate_gradient(gradient: str, name: str = "gradient") -> str:

@@ -14,6 +14,7 @@ import pytest
 COMMANDS = {
     "repflow-train": ("train", "--config"),
     "repflow-evaluate": ("evaluate", "--workdir"),
+    "repflow-export": ("export", "--workdir"),
     "repflow-predict": ("predict", "--model"),
     "repflow-convert": ("convert", "--output_dir"),
     "repflow-visualize": ("visualize", "--workdir"),
