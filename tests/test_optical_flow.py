@@ -41,6 +41,14 @@ def test_tvl1_recovers_a_known_shift_of_a_real_image(dx, dy):
     assert np.median(error) < 0.1, np.median(error)
 
 
+def test_tvl1_does_not_depend_on_the_previous_video():
+    pair = _shifted_pair(1.5, -0.75, size=48)
+    fresh = data.TVL1()(pair)
+    tvl1 = data.TVL1()
+    tvl1(_shifted_pair(2.0, 1.0, size=32))  # another size first, as a converter worker would
+    np.testing.assert_array_equal(tvl1(pair), fresh)
+
+
 def test_quantisation_round_trip_is_within_half_a_step():
     flow = np.random.default_rng(0).uniform(-30, 30, (4, 8, 8, 2)).astype(np.float32)
     levels = data.quantize_flow(flow, BOUND)
@@ -230,15 +238,27 @@ def test_a_two_stream_export_predicts_what_evaluation_computes(tmp_path):
             )
         )
     )
-    expected = tf.nn.softmax(model(features, training=False)).numpy().mean(axis=0)
-    prediction = export.predict_video(exported, REAL_VIDEO)
-    np.testing.assert_allclose(prediction.probabilities, expected, atol=1e-5)
-    # The signature quantises the client's flow as the converter stored it.
+    # predict_video's inputs are the evaluation pipeline's: the flow, once the signature has
+    # quantised it as the converter stored it, to float rounding (the same TV-L1 on the same
+    # frames); the frames to the JPEG decoders' one grey level (see tests/test_export.py).
     video = data.read_video(REAL_VIDEO, short_side=48)
     flow = export.sample_flow_clips(video, pre)
-    np.testing.assert_allclose(flow, features["optical_flow"], atol=STEP / 2 + 1e-4)
+    quantised = np.round(np.clip(flow, -BOUND, BOUND) / STEP) * STEP
+    np.testing.assert_allclose(quantised, features["optical_flow"], atol=1e-4)
+    clips = export.sample_clips(video, pre)
+    assert np.abs(clips.astype(np.float32) - features["frames"].numpy()).max() <= 1.0
+    # The export computes the Keras model on them, and predict_video averages its clips.
+    inputs = {"frames": clips.astype(np.float32), "optical_flow": quantised}
+    keras_probabilities = tf.nn.softmax(model(inputs, training=False)).numpy()
+    np.testing.assert_allclose(
+        exported(clips, flow)["probabilities"], keras_probabilities, atol=1e-5
+    )
+    prediction = export.predict_video(exported, REAL_VIDEO)
+    np.testing.assert_allclose(prediction.probabilities, keras_probabilities.mean(0), atol=1e-5)
+    pipeline = tf.nn.softmax(model(features, training=False)).numpy().mean(axis=0)
+    np.testing.assert_allclose(prediction.probabilities, pipeline, atol=1e-2)
     with pytest.raises(tf.errors.InvalidArgumentError, match="one field per pair"):
-        exported(export.sample_clips(video, pre), flow[:, :2])
+        exported(clips, flow[:, :2])
 
 
 def test_the_table_9_benchmark_times_every_row_and_reads_the_demo_accuracies(tmp_path):

@@ -70,13 +70,15 @@ class TVL1:
     def __init__(self):
         self._cv2 = require_opencv()
         self._cv2.setNumThreads(1)
-        self._tvl1 = self._cv2.optflow.DualTVL1OpticalFlow_create()
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
         """(T, H, W, 3) uint8 RGB -> (T - 1, H, W, 2) float32 flow (x, y) in pixels, from
         each frame to the next (content moving right gives x > 0)."""
         grey = [self._cv2.cvtColor(frame, self._cv2.COLOR_RGB2GRAY) for frame in frames]
-        fields = [self._tvl1.calc(a, b, None) for a, b in zip(grey[:-1], grey[1:], strict=True)]
+        # A new solver per video: OpenCV's keeps buffers from its previous call, and after a
+        # call on frames of another size its results are wrong (by up to 10 px, tested).
+        tvl1 = self._cv2.optflow.DualTVL1OpticalFlow_create()
+        fields = [tvl1.calc(a, b, None) for a, b in zip(grey[:-1], grey[1:], strict=True)]
         if not fields:
             return np.zeros((0, *frames.shape[1:3], 2), np.float32)
         return np.stack(fields).astype(np.float32)
