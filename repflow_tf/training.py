@@ -769,7 +769,9 @@ def _custom_loop(model, optimizer, strategy, config, splits, state, callbacks) -
             done = step + 1
             logs = {"loss": total_loss / done, "accuracy": total_correct / (done * global_batch)}
             callback_list.on_train_batch_end(step, logs)
+        callback_list.on_test_begin()  # so that the progress ETA times validation apart
         logs.update(_validate(val_step, iter(validation), validation_steps))
+        callback_list.on_test_end()
         callback_list.on_epoch_end(epoch, logs)
     callback_list.on_train_end(logs)
 
