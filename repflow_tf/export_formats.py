@@ -57,6 +57,7 @@ from repflow_tf.export import (
 from repflow_tf.fileio import atomic_directory, write_atomic
 from repflow_tf.layers import RepresentationFlow
 from repflow_tf.options import EXPORT_FORMATS
+from repflow_tf.startup import is_verbose, native_stderr_silenced
 from repflow_tf.workdir import one_line
 
 FORMATS = EXPORT_FORMATS
@@ -217,7 +218,11 @@ class TFLiteRunner:
         self.num_classes = int(self._runner.get_output_details()["logits"]["shape"][-1])
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {name: np.asarray(value) for name, value in self._runner(**inputs).items()}
+        # LiteRT announces its XNNPACK delegate on stderr at the first call ("INFO: Created
+        # TensorFlow Lite XNNPACK delegate for CPU.").
+        with native_stderr_silenced(not is_verbose()):
+            outputs = self._runner(**inputs)
+        return {name: np.asarray(value) for name, value in outputs.items()}
 
 
 class ONNXRunner:

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 _started = False
+_verbose = False
 
 
 @contextlib.contextmanager
@@ -50,7 +51,8 @@ def import_tensorflow(verbose: bool = False) -> Any:
     >>> import_tensorflow().__name__
     'tensorflow'
     """
-    global _started
+    global _started, _verbose
+    _verbose = verbose
     if _started:
         return sys.modules["tensorflow"]
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = (
@@ -78,3 +80,9 @@ def quiet_worker_start(module: str, function: str, *args: Any) -> None:
         target = getattr(importlib.import_module(module), function)
         import_tensorflow()
     target(*args)
+
+
+def is_verbose() -> bool:
+    """Whether TensorFlow was started with `verbose=True` (the commands' `--verbose`): other
+    native libraries' start-up lines (LiteRT's XNNPACK notice) are then kept too."""
+    return _verbose
