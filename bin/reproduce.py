@@ -1,0 +1,74 @@
+"""The paper's ablations (Tables 1, 2, 3, 5) at small scale in one command: every row the same
+budget on the synthetic motion demo, >= 2 seeds, mean ± std, next to the paper's numbers.
+
+    python bin/reproduce.py                        # all RGB rows, 2 seeds, about 40 min on 2 cores
+    python bin/reproduce.py --quick                # a smaller budget, about 10 min
+    python bin/reproduce.py --dry_run              # the rows, runs and budget; trains nothing
+    python bin/reproduce.py --tables=1,3 --seeds=3 --root=runs/reproduce_t13
+    python bin/reproduce.py --with_two_stream      # also the flow CNN and two-stream rows (TV-L1)
+    python bin/reproduce.py --set data.synthetic_size=96 --root=runs/reproduce_96
+
+Trains each row's config for each seed into <root>/<run>/seed<k> (progress in its train.log),
+prints one line per finished run and writes <root>/results.md (one table per paper table, the
+paper's Mini-Kinetics number beside ours), results.json and results.png (accuracy vs iterations
+and vs flow position). Rerunning the same command continues an interrupted reproduction: finished
+runs are read back, a killed one resumes from its checkpoint. See repflow_tf.benchmarks.reproduce.
+"""
+
+from absl import app, flags
+
+from repflow_tf.benchmarks import reproduce
+from repflow_tf.cli import fail, parse_flags, start_tensorflow
+from repflow_tf.config import ConfigError
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("root", "runs/reproduce", "Workdirs, data and results below this folder.")
+flags.DEFINE_bool("quick", False, "The quick budget (about 10 minutes) instead of the default.")
+flags.DEFINE_integer(
+    "seeds", None, "Seeds per row, 0 .. seeds-1 (default: 2, --quick: 1).", lower_bound=1
+)
+flags.DEFINE_list("tables", ["1", "2", "3", "5"], "Paper tables to reproduce (subset of 1,2,3,5).")
+flags.DEFINE_bool(
+    "with_two_stream", False, "Also train the flow CNN and two-stream rows (TV-L1 data, slow)."
+)
+flags.DEFINE_multi_string("set", [], "Config override for every row, section.key=value.")
+flags.DEFINE_bool("dry_run", False, "Print the plan (rows, runs, budget) and train nothing.")
+
+
+def _run(argv: list[str]) -> None:
+    if len(argv) > 1:
+        fail(f"unexpected arguments {argv[1:]}; every option is a --flag")
+    try:
+        tables = [int(table) for table in FLAGS.tables]
+    except ValueError:
+        fail(f"--tables must be numbers among {reproduce.TABLES}. Received: {FLAGS.tables}")
+    try:
+        plan = reproduce.plan(
+            FLAGS.root,
+            budget=reproduce.BUDGETS["quick" if FLAGS.quick else "default"],
+            seeds=FLAGS.seeds,
+            tables=tables,
+            with_two_stream=FLAGS.with_two_stream,
+            overrides=FLAGS.set,
+        )
+    except (ConfigError, ValueError) as error:
+        fail(str(error))
+    print(reproduce.format_plan(plan), flush=True)
+    if FLAGS.dry_run:
+        return
+    start_tensorflow()  # after the flags and every row's config were checked
+    from repflow_tf import training
+
+    try:
+        results = reproduce.run(plan)
+    except training.TrainingError as error:
+        fail(str(error))
+    print(reproduce.format_markdown(results))
+
+
+def main() -> None:
+    app.run(_run, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+    main()

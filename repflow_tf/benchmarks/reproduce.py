@@ -1,0 +1,591 @@
+"""The paper's ablations (Tables 1, 2, 3 and 5) at small scale, in one command (bin/reproduce.py).
+
+Every row is a set of `--set` overrides of one base config (`configs/demo.toml`, the synthetic
+motion demo: 2D ResNet-18 of width 16, 8-frame 56 x 56 clips, 8 classes) under one budget (data
+size and epochs, the same for every row), trained with `repflow_tf.training.train` for each seed
+into `<root>/<run id>/seed<k>`. Rows whose resolved configs are equal share one run (Table 1's
+flow after our `block2` is Table 2's "Divergence + θλτ", Table 3's learned 10 iterations and
+Table 5's single flow layer). `run` trains seed 0 of every row first, then seed 1, ..., so an
+interrupted reproduction already has a whole table; rerunning it continues: a run whose
+`summary.json` has every epoch is read, not trained, and a killed one resumes from its checkpoint.
+
+Position mapping (stated once, used everywhere): the paper counts conv1 as block 1, so the
+paper's "After Block 1" is our `flow_position="stem"` (after conv1 + max pool) and the paper's
+"After Block k" (k = 2..5) is our `block{k-1}`. Tables 2, 3 and 5 compute the flow "after
+Block 3" in the paper: our `block2`. Table 1's and Table 5's flow layers learn the divergence and
+θ, λ, τ (the paper's default) with 10 iterations (the demo's).
+
+The paper's numbers are Mini-Kinetics top-1 accuracy (%); ours are validation clip accuracy (%)
+on the synthetic data, a different task and scale: compare the order of the rows, not values.
+
+Cost model, measured once (2-core CPU shared with a CI job, so +-5 s per run is noise): each
+row trained with `trainer.steps_per_epoch=8`, 128 + 32 videos, batch 16, 8 x 56 x 56 clips, for
+one and for two epochs into fresh workdirs; the two-epoch minus the one-epoch wall time is one
+epoch (8 steps + 2 validation batches), the rest is the run's fixed cost.
+
+| row (ours) | 1 epoch | 2 epochs | per step | fixed cost |
+| --- | ---: | ---: | ---: | ---: |
+| RGB CNN | 7.4 s | 7.5 s | ~0.02 s | 7 s |
+| flow on the input, learned, 10 it. | 25.0 s | 39.1 s | 1.75 s | 11 s |
+| after the stem, learned, 10 it. | 16.3 s | 16.4 s | < 0.1 s | 16 s |
+| after block2, learned, 10 it. | 12.2 s | 13.0 s | 0.1 s | 11 s |
+| after block2, learned, 20 it. | 31.6 s | 19.7 s | 0.7 s (a) | ~12 s |
+| after block2, learned, 50 it. | 26.4 s | 40.7 s | 1.8 s | 12 s |
+| after block2, fixed, 50 it. | 20.4 s | 36.5 s | 2.0 s | 5 s |
+| after block2, FcF, learned, 10 it. | 19.4 s | 14.5 s | < 0.2 s | 15 s |
+
+(a) the two runs disagree by more than the noise: interpolated between 10 and 50 iterations
+(the flow layer's backward pass through its iterations dominates; fixed parameters save little
+inside the network, where the gradient still flows through the layer to the blocks before it).
+Summed over the 22 distinct RGB configs (Tables 1, 2, 3, 5 without the optical flow baselines;
+shared rows train once), one training step of every config costs about 8.6 s (input 1.75, the
+four 50-iteration and 20-iteration runs 5.2, the other 17 about 1.6), a validation batch about a
+third of that, and the fixed costs about 22 x 12 s = 264 s per seed. So with `B` batches per
+epoch (videos / 16), `V` validation batches and `E` epochs, one seed costs
+`264 s + E x (B x 8.6 s + V x 2.9 s)` plus the data (about 0.05 s per video):
+
+- default, 256 training / 64 validation videos (B = 16, V = 4), E = 8 epochs (128 steps),
+  2 seeds: 2 x (264 + 8 x (137.6 + 11.5) + 16) s = 2 x 1473 s, about 49 minutes (<= 60);
+- quick, 128 / 32 videos (B = 8, V = 2), E = 3 epochs (24 steps), 1 seed (the fixed costs alone
+  of a second seed would take 4.4 of the 10 minutes; `--seeds=2` for mean ± std):
+  264 + 3 x (68.8 + 5.8) + 8 s = 496 s, about 8 minutes (<= 10);
+- `--with_two_stream` adds the flow CNN and two-stream rows (per step about the RGB CNN's and
+  twice it) and, once, their TV-L1 data: about 0.85 s per video on 2 cores (the demo's 640
+  videos took 9 minutes), 320 videos (default) about 4.5 minutes, 160 (quick) about 2.3.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO
+
+from repflow_tf.config import ExperimentConfig, load_config
+from repflow_tf.fileio import atomic_output, write_atomic, write_json_atomic
+
+BASE_CONFIG = "configs/demo.toml"
+TABLES = (1, 2, 3, 5)
+TABLE_TITLES = {
+    1: "Table 1: where to compute the flow",
+    2: "Table 2: what to learn (flow after the paper's Block 3 = our block2)",
+    3: "Table 3: TV-L1 iterations, fixed and learned (flow after our block2)",
+    5: "Table 5: flow of flow (flow after our block2)",
+}
+SKIPPED_OPTICAL_FLOW = "skipped (--with_two_stream)"
+RESULTS_MD, RESULTS_JSON, RESULTS_PNG = "results.md", "results.json", "results.png"
+
+_LEARNED = '["divergence", "hyper"]'
+_IN_NETWORK = ('model.flow_position="block2"', f"model.flow_learn={_LEARNED}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One row of a paper table: its overrides of the base config and the paper's number.
+
+    Attributes:
+        id: unique name, also the workdir name (`<root>/<id>/seed<k>`) unless an earlier row has
+            the same resolved config.
+        table: the paper's table number.
+        label: the row as the table prints it.
+        overrides: `section.key=value` overrides of the base config, after the budget's.
+        paper: the paper's Mini-Kinetics accuracy (%) for this row.
+        optical_flow: the model reads precomputed TV-L1 optical flow (the baselines): it trains
+            only with `--with_two_stream`, on the data root `<data.root>_flow`.
+    """
+
+    id: str
+    table: int
+    label: str
+    overrides: tuple[str, ...]
+    paper: float
+    optical_flow: bool = False
+
+
+def _rows() -> tuple[Row, ...]:
+    learned_10 = ("model.flow_iterations=10", f"model.flow_learn={_LEARNED}")
+    rows = [
+        Row("t1_rgb", 1, "RGB CNN", ('model.flow_position="none"',), 55.2),
+        Row(
+            "t1_flow_cnn",
+            1,
+            "Flow CNN (precomputed TV-L1)",
+            ('model.flow_position="none"', 'model.inputs="optical_flow"'),
+            35.4,
+            optical_flow=True,
+        ),
+        Row(
+            "t1_two_stream",
+            1,
+            "Two-stream (RGB + TV-L1 CNNs, late fusion)",
+            ('model.flow_position="none"', 'model.inputs="rgb+optical_flow"'),
+            57.6,
+            optical_flow=True,
+        ),
+        Row(
+            "t1_input",
+            1,
+            "Flow layer on the RGB input",
+            ('model.flow_position="input"', *learned_10),
+            37.4,
+        ),
+    ]
+    paper_positions = {"stem": 52.4, "block1": 57.4, "block2": 59.4, "block3": 52.1}
+    paper_positions["block4"] = 50.3
+    for number, (position, paper) in enumerate(paper_positions.items(), start=1):
+        ours = "after conv1 + max pool, our stem" if position == "stem" else f"our {position}"
+        rows.append(
+            Row(
+                f"t1_{position}",
+                1,
+                f"After Block {number} ({ours})",
+                (f'model.flow_position="{position}"', *learned_10),
+                paper,
+            )
+        )
+    groups = {
+        "none": ("None (all fixed)", "[]", 59.4),
+        "sobel": ("Sobel kernels", '["sobel"]', 58.5),
+        "divergence": ("Divergence (w_x, w_y)", '["divergence"]', 60.2),
+        "hyper": ("θ, λ, τ", '["hyper"]', 59.9),
+        "all": ("All", '["sobel", "divergence", "hyper"]', 59.2),
+        "divergence_hyper": ("Divergence + θ, λ, τ", _LEARNED, 60.7),
+    }
+    for name, (label, learn, paper) in groups.items():
+        overrides = ('model.flow_position="block2"', "model.flow_iterations=10")
+        rows.append(Row(f"t2_{name}", 2, label, (*overrides, f"model.flow_learn={learn}"), paper))
+    fixed = (46.7, 51.3, 52.4, 53.6, 59.2)
+    learned = (49.5, 55.4, 59.4, 60.7, 60.9)
+    for kind, learn, papers in (("fixed", "[]", fixed), ("learned", _LEARNED, learned)):
+        for iterations, paper in zip((1, 5, 10, 20, 50), papers, strict=True):
+            rows.append(
+                Row(
+                    f"t3_{kind}_{iterations}",
+                    3,
+                    f"{'Not learned' if kind == 'fixed' else 'Learned'}, {iterations} it.",
+                    (
+                        'model.flow_position="block2"',
+                        f"model.flow_learn={learn}",
+                        f"model.flow_iterations={iterations}",
+                    ),
+                    paper,
+                )
+            )
+    for stack, label, paper in (
+        ("single", "Single flow layer", 59.4),
+        ("fof", "Flow-of-flow", 47.2),
+        ("fcf", "Flow-conv-flow (FcF)", 62.3),
+    ):
+        overrides = (*_IN_NETWORK, "model.flow_iterations=10", f'model.flow_stack="{stack}"')
+        rows.append(Row(f"t5_{stack}", 5, label, overrides, paper))
+    return tuple(rows)
+
+
+ROWS = _rows()
+# The paper's rows we have no model for (noted under their tables).
+PAPER_ONLY = {5: "Paper only: TVL-1 twice 12.2, Flow-Conv-Flow-Conv-Flow 56.5."}
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """The training budget every row gets: data size and epochs (a step decay near the end)."""
+
+    name: str
+    train_videos: int
+    val_videos: int
+    epochs: int
+    seeds: int  # seeds per row unless `plan(seeds=...)` says otherwise
+    estimate_minutes: float  # every RGB row, `seeds` seeds, this CPU (module docstring)
+
+    def overrides(self, root: str) -> list[str]:
+        decay = {round(self.epochs * 2 / 3), round(self.epochs * 7 / 8)}
+        decay = sorted(epoch for epoch in decay if 0 < epoch < self.epochs)
+        return [
+            f"data.root={json.dumps(os.path.join(root, 'data', 'synthetic'))}",
+            f"data.synthetic_train={self.train_videos}",
+            f"data.synthetic_val={self.val_videos}",
+            f"data.shuffle_buffer={self.train_videos}",
+            f"trainer.epochs={self.epochs}",
+            f"schedule.decay_epochs={decay}",
+            # TensorBoard images and histograms cost time and are not what this measures.
+            "trainer.flow_images_every_epochs=0",
+            "trainer.histograms_every_epochs=0",
+        ]
+
+    def describe(self) -> str:
+        return (
+            f"`{self.name}`: {self.train_videos} training / {self.val_videos} validation videos, "
+            f"{self.epochs} epoch{'s' if self.epochs > 1 else ''}"
+        )
+
+
+BUDGETS = {
+    "default": Budget("default", 256, 64, 8, seeds=2, estimate_minutes=49),
+    "quick": Budget("quick", 128, 32, 3, seeds=1, estimate_minutes=8),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedRow:
+    """A row with its resolved config and the run (workdir name) that gives its numbers."""
+
+    row: Row
+    run_id: str
+    config: ExperimentConfig
+    skipped: str = ""  # why it does not run ("" when it does)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What `run` trains: rows, the distinct runs (`run_id -> config`), seeds, budget, root."""
+
+    root: str
+    rows: tuple[PlannedRow, ...]
+    runs: dict[str, ExperimentConfig]
+    seeds: tuple[int, ...]
+    budget: Budget
+    overrides: tuple[str, ...]
+
+    def workdir(self, run_id: str, seed: int) -> str:
+        return os.path.join(self.root, run_id, f"seed{seed}")
+
+
+def plan(
+    root: str,
+    *,
+    budget: Budget = BUDGETS["default"],
+    seeds: int | None = None,
+    tables: Sequence[int] = TABLES,
+    with_two_stream: bool = False,
+    overrides: Sequence[str] = (),
+    rows: Sequence[Row] = ROWS,
+    base_config: str = BASE_CONFIG,
+) -> Plan:
+    """Resolves every row's config: base config, then `budget`'s overrides, the row's, then
+    `overrides` (`--set`, every row). Raises `repflow_tf.config.ConfigError` for a bad one.
+
+    The optical flow rows read `<data.root>_flow` (the same videos converted with TV-L1).
+    `seeds`: seeds 0 .. seeds-1 per row (None: the budget's)."""
+    seeds = budget.seeds if seeds is None else seeds
+    if seeds < 1:
+        raise ValueError(f"seeds must be >= 1. Received: seeds={seeds}")
+    unknown = sorted(set(tables) - set(TABLES))
+    if unknown:
+        raise ValueError(f"tables must be among {TABLES}. Received: {unknown}")
+    planned, runs = [], {}
+    for row in rows:
+        if row.table not in tables:
+            continue
+        config = load_config(base_config, [*budget.overrides(root), *row.overrides, *overrides])
+        if row.optical_flow:
+            flow_data = dataclasses.replace(config.data, root=config.data.root + "_flow")
+            config = dataclasses.replace(config, data=flow_data)
+        if row.optical_flow and not with_two_stream:
+            planned.append(PlannedRow(row, row.id, config, skipped=SKIPPED_OPTICAL_FLOW))
+            continue
+        run_id = next((key for key, seen in runs.items() if seen == config), row.id)
+        runs.setdefault(run_id, config)
+        planned.append(PlannedRow(row, run_id, config))
+    return Plan(root, tuple(planned), runs, tuple(range(seeds)), budget, tuple(overrides))
+
+
+def format_plan(the_plan: Plan) -> str:
+    """The rows, the runs and the budget, one line each (`--dry_run`)."""
+    runs = len(the_plan.runs) * len(the_plan.seeds)
+    lines = [
+        f"budget {the_plan.budget.describe()}; seeds {list(the_plan.seeds)}; "
+        f"{len(the_plan.rows)} rows, {len(the_plan.runs)} distinct configs, {runs} runs "
+        f"into {the_plan.root}/<run>/seed<k>",
+        f"estimate for every RGB row x {the_plan.budget.seeds} seed(s) on the 2-core CPU: "
+        f"~{the_plan.budget.estimate_minutes:g} min (module docstring)",
+    ]
+    if the_plan.overrides:
+        lines.append(f"--set for every row: {' '.join(the_plan.overrides)}")
+    for planned in the_plan.rows:
+        row = planned.row
+        if planned.skipped:
+            where = planned.skipped
+        elif planned.run_id != row.id:
+            where = f"= run {planned.run_id}"
+        else:
+            where = f"run {row.id}"
+        lines.append(
+            f"  table {row.table}  {row.label:<48} paper {row.paper:>4.1f}  {where}: "
+            f"{' '.join(row.overrides)}"
+        )
+    return "\n".join(lines)
+
+
+# === Running ===
+
+
+def read_finished(workdir: str, epochs: int) -> dict[str, Any] | None:
+    """The workdir's summary.json when it holds all `epochs` epochs, else None."""
+    from repflow_tf.workdir import SUMMARY_FILE
+
+    try:
+        with open(os.path.join(workdir, SUMMARY_FILE)) as file:
+            summary = json.load(file)
+    except (OSError, ValueError):
+        return None
+    if summary.get("epochs") != epochs or "val_accuracy" not in summary:
+        return None
+    return summary
+
+
+def run(
+    the_plan: Plan,
+    *,
+    log: TextIO = sys.stdout,
+    train: Callable[[ExperimentConfig, str], Any] | None = None,
+) -> dict[str, Any]:
+    """Trains (or reads) every run of the plan, seed 0 of every run first, and writes
+    `results.md`, `results.json` and `results.png` to the plan's root after each run (so an
+    interrupted reproduction leaves the table so far). Returns the results (`results.json`).
+
+    `train(config, workdir)` defaults to `repflow_tf.training.train` (its progress goes to
+    `<workdir>/train.log`). Raises `repflow_tf.training.TrainingError` for a bad setup."""
+    if train is None:
+        train = _train_logged
+    runs = [(run_id, seed) for seed in the_plan.seeds for run_id in the_plan.runs]
+    outcomes: dict[str, dict[int, dict[str, Any]]] = {run_id: {} for run_id in the_plan.runs}
+    start, trained_seconds, trained = time.monotonic(), 0.0, 0
+    for index, (run_id, seed) in enumerate(runs):
+        config = the_plan.runs[run_id]
+        config = dataclasses.replace(config, runtime=dataclasses.replace(config.runtime, seed=seed))
+        workdir = the_plan.workdir(run_id, seed)
+        summary = read_finished(workdir, config.trainer.epochs)
+        reused = summary is not None
+        began = time.monotonic()
+        if not reused:
+            train(config, workdir)
+            summary = read_finished(workdir, config.trainer.epochs)
+            if summary is None:
+                raise RuntimeError(f"{workdir}: training ended without a complete summary.json")
+            trained_seconds += time.monotonic() - began
+            trained += 1
+        outcomes[run_id][seed] = {
+            "val_accuracy": float(summary["val_accuracy"]),
+            "wall_time_s": float(summary.get("wall_time_s", 0.0)),
+            "reused": reused,
+        }
+        left = len(runs) - index - 1
+        eta = f"ETA {left * trained_seconds / trained / 60:.1f} min" if trained else "ETA ?"
+        took = "reused" if reused else f"{time.monotonic() - began:.0f} s"
+        print(
+            f"[{index + 1}/{len(runs)}] {run_id} seed {seed}: val acc "
+            f"{100 * outcomes[run_id][seed]['val_accuracy']:.1f}% ({took}); {left} runs left, "
+            f"{eta}",
+            file=log,
+            flush=True,
+        )
+        results = aggregate(the_plan, outcomes, time.monotonic() - start)
+        write_results(the_plan.root, results)
+    results = aggregate(the_plan, outcomes, time.monotonic() - start)
+    write_results(the_plan.root, results)
+    print(
+        f"done: {len(runs)} runs ({trained} trained, {len(runs) - trained} reused) in "
+        f"{(time.monotonic() - start) / 60:.1f} min; "
+        f"{os.path.join(the_plan.root, RESULTS_MD)}, {RESULTS_PNG}, {RESULTS_JSON}",
+        file=log,
+        flush=True,
+    )
+    return results
+
+
+def _train_logged(config: ExperimentConfig, workdir: str) -> Any:
+    from repflow_tf import training  # TensorFlow starts here, after the configs were checked.
+
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "train.log"), "a") as log:
+        return training.train(config, workdir, log=log)
+
+
+def aggregate(
+    the_plan: Plan, outcomes: dict[str, dict[int, dict[str, Any]]], seconds: float
+) -> dict[str, Any]:
+    """Mean and sample standard deviation (0 for one seed) over the seeds finished so far."""
+    rows = []
+    for planned in the_plan.rows:
+        row = planned.row
+        seeds = {} if planned.skipped else outcomes.get(planned.run_id, {})
+        accuracies = [100 * seeds[seed]["val_accuracy"] for seed in sorted(seeds)]
+        rows.append(
+            {
+                "id": row.id,
+                "table": row.table,
+                "label": row.label,
+                "run": planned.run_id,
+                "overrides": list(row.overrides),
+                "paper": row.paper,
+                "skipped": planned.skipped,
+                "accuracies": accuracies,
+                "mean": statistics.fmean(accuracies) if accuracies else None,
+                "std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
+                "n": len(accuracies),
+                "wall_time_s": sum(seeds[seed]["wall_time_s"] for seed in seeds),
+            }
+        )
+    return {
+        "budget": dataclasses.asdict(the_plan.budget),
+        "seeds": list(the_plan.seeds),
+        "overrides": list(the_plan.overrides),
+        "data": sorted({config.data.root for config in the_plan.runs.values()}),
+        "base_config": BASE_CONFIG,
+        "session_seconds": round(seconds, 1),
+        "training_seconds": round(sum(row["wall_time_s"] for row in _distinct(rows)), 1),
+        "written": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "rows": rows,
+    }
+
+
+def _distinct(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return list({row["run"]: row for row in rows}.values())
+
+
+def format_accuracy(row: dict[str, Any]) -> str:
+    """`"83.1 ± 2.0 (n=2)"`, the skip reason, or `"—"` before the first seed finished.
+
+    >>> format_accuracy({"skipped": "", "mean": 83.125, "std": 2.0, "n": 2})
+    '83.1 ± 2.0 (n=2)'
+    """
+    if row["skipped"]:
+        return row["skipped"]
+    if row["mean"] is None:
+        return "—"
+    return f"{row['mean']:.1f} ± {row['std']:.1f} (n={row['n']})"
+
+
+def format_markdown(results: dict[str, Any]) -> str:
+    """`results.md`: a header (budget, seeds, data, time, mapping) and one table per paper table."""
+    budget = Budget(**results["budget"])
+    seeds = results["seeds"]
+    lines = [
+        "# Representation flow ablations at small scale (paper Tables 1, 2, 3, 5)",
+        "",
+        f"Budget {budget.describe()}, the same for every row; seeds {seeds}; base config "
+        f"`{results['base_config']}` (2D ResNet-18 of width 16, 8-frame 56 x 56 clips, 8 classes)"
+        + (f" with `--set {' '.join(results['overrides'])}`" if results["overrides"] else "")
+        + f"; data {', '.join(f'`{root}`' for root in results['data'])}; "
+        f"{results['training_seconds'] / 60:.1f} min of training; written {results['written']}.",
+        "",
+        "Ours: validation clip accuracy (%), mean ± sample standard deviation over seeds (n). "
+        "Paper: Mini-Kinetics accuracy (%), another dataset and scale: compare the order of the "
+        "rows, not the values. Position mapping: the paper counts conv1 as block 1, so its "
+        '"After Block 1" is our `stem` and its "After Block k" our `block{k-1}`; Tables 2, 3 '
+        'and 5 use the paper\'s "After Block 3" = our `block2`. Rows marked "= run" share '
+        "another row's runs (equal configs).",
+    ]
+    for table in TABLES:
+        rows = [row for row in results["rows"] if row["table"] == table]
+        if not rows:
+            continue
+        lines += ["", f"## {TABLE_TITLES[table]}", ""]
+        lines += ["| row | ours | paper | settings |", "| --- | ---: | ---: | --- |"]
+        for row in rows:
+            shared = f" (= run {row['run']})" if row["run"] != row["id"] else ""
+            settings = ", ".join(f"`{override}`" for override in row["overrides"])
+            lines.append(
+                f"| {row['label']} | {format_accuracy(row)} | {row['paper']:.1f} | "
+                f"{settings}{shared} |"
+            )
+        if table in PAPER_ONLY:
+            lines += ["", PAPER_ONLY[table]]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(root: str, results: dict[str, Any]) -> None:
+    """`results.md`, `results.json` and `results.png` under `root`, each written atomically."""
+    os.makedirs(root, exist_ok=True)
+    write_atomic(os.path.join(root, RESULTS_MD), format_markdown(results))
+    write_json_atomic(os.path.join(root, RESULTS_JSON), results, indent=2)
+    figure = plot(results)
+    with atomic_output(os.path.join(root, RESULTS_PNG)) as temporary:
+        figure.savefig(temporary, format="png", dpi=100)
+
+
+_POSITIONS = ("input", "stem", "block1", "block2", "block3", "block4")
+
+
+def plot(results: dict[str, Any]):
+    """Two panels: accuracy vs iterations (Table 3, fixed and learned) and accuracy vs flow
+    position (Table 1), ours with error bars (std over seeds) on the left axis, the paper's
+    Mini-Kinetics numbers dashed on a right axis of their own (the scales differ)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(12, 4.5))
+    FigureCanvasAgg(figure)
+    by_id = {row["id"]: row for row in results["rows"]}
+    iterations_axes, position_axes = figure.subplots(1, 2)
+    series = {
+        kind: [(it, by_id.get(f"t3_{kind}_{it}")) for it in (1, 5, 10, 20, 50)]
+        for kind in ("fixed", "learned")
+    }
+    _panel(
+        iterations_axes,
+        {kind: [(float(it), row) for it, row in points] for kind, points in series.items()},
+        "TV-L1 iterations (Table 3, flow after our block2)",
+        log_x=True,
+    )
+    positions = [(float(i), by_id.get(f"t1_{p}")) for i, p in enumerate(_POSITIONS)]
+    _panel(position_axes, {"learned": positions}, "flow position (Table 1)")
+    position_axes.set_xticks(range(len(_POSITIONS)))
+    labels = ["input", "stem\n(paper B1)"] + [
+        f"{p}\n(paper B{k + 2})" for k, p in enumerate(_POSITIONS[2:])
+    ]
+    position_axes.set_xticklabels(labels, fontsize=8)
+    figure.suptitle(
+        f"Ours: synthetic motion, val. accuracy (%), mean ± std over {len(results['seeds'])} "
+        "seed(s), left axis; paper: Mini-Kinetics (%), dashed, right axis",
+        fontsize=10,
+    )
+    figure.tight_layout()
+    return figure
+
+
+def _panel(axes, series: dict[str, list[tuple[float, dict | None]]], xlabel: str, log_x=False):
+    paper_axes = axes.twinx()
+    colours = {"fixed": "tab:blue", "learned": "tab:orange"}
+    drawn = False
+    for kind, points in series.items():
+        ours = [(x, row) for x, row in points if row and row["mean"] is not None]
+        if ours:
+            axes.errorbar(
+                [x for x, _ in ours],
+                [row["mean"] for _, row in ours],
+                yerr=[row["std"] for _, row in ours],
+                marker="o",
+                capsize=3,
+                color=colours[kind],
+                label=f"ours, {kind}",
+            )
+            drawn = True
+        paper = [(x, row) for x, row in points if row]
+        if paper:
+            paper_axes.plot(
+                [x for x, _ in paper],
+                [row["paper"] for _, row in paper],
+                linestyle="--",
+                marker="s",
+                alpha=0.6,
+                color=colours[kind],
+                label=f"paper, {kind}",
+            )
+    if not drawn:
+        axes.text(0.5, 0.5, "no finished rows", ha="center", va="center", transform=axes.transAxes)
+    if log_x:
+        axes.set_xscale("log")
+        axes.set_xticks([1, 5, 10, 20, 50], labels=["1", "5", "10", "20", "50"])
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel("ours: val accuracy (%)")
+    paper_axes.set_ylabel("paper: Mini-Kinetics (%)", alpha=0.7)
+    handles = [*axes.get_legend_handles_labels()[0], *paper_axes.get_legend_handles_labels()[0]]
+    if handles:
+        axes.legend(handles=handles, fontsize=8, loc="lower right")
+    axes.grid(alpha=0.3)
