@@ -1,8 +1,8 @@
 """The paper's ablations (Tables 1, 2, 3, 5) at small scale in one command: every row the same
 budget on the synthetic motion demo, >= 2 seeds, mean ± std, next to the paper's numbers.
 
-    python bin/reproduce.py                        # all RGB rows, 2 seeds, about 40 min on 2 cores
-    python bin/reproduce.py --quick                # a smaller budget, about 10 min
+    python bin/reproduce.py                        # all RGB rows, 2 seeds, about 50 min on 2 cores
+    python bin/reproduce.py --quick                # a smaller budget, 1 seed, about 8 min
     python bin/reproduce.py --dry_run              # the rows, runs and budget; trains nothing
     python bin/reproduce.py --tables=1,3 --seeds=3 --root=runs/reproduce_t13
     python bin/reproduce.py --with_two_stream      # also the flow CNN and two-stream rows (TV-L1)
@@ -12,7 +12,10 @@ Trains each row's config for each seed into <root>/<run>/seed<k> (progress in it
 prints one line per finished run and writes <root>/results.md (one table per paper table, the
 paper's Mini-Kinetics number beside ours), results.json and results.png (accuracy vs iterations
 and vs flow position). Rerunning the same command continues an interrupted reproduction: finished
-runs are read back, a killed one resumes from its checkpoint. See repflow_tf.benchmarks.reproduce.
+runs are read back, a killed one resumes from its checkpoint. The data is generated into
+<root>/data/synthetic (and, with --with_two_stream, the same videos with TV-L1 flow into
+<root>/data/synthetic_flow: <data.root>_flow where --set changes data.root). --set applies to
+every row, after the budget's and the row's own overrides. See repflow_tf.benchmarks.reproduce.
 """
 
 from absl import app, flags
@@ -23,7 +26,7 @@ from repflow_tf.config import ConfigError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("root", "runs/reproduce", "Workdirs, data and results below this folder.")
-flags.DEFINE_bool("quick", False, "The quick budget (about 10 minutes) instead of the default.")
+flags.DEFINE_bool("quick", False, "The quick budget (1 seed, about 8 minutes).")
 flags.DEFINE_integer(
     "seeds", None, "Seeds per row, 0 .. seeds-1 (default: 2, --quick: 1).", lower_bound=1
 )

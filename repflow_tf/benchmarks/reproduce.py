@@ -534,7 +534,9 @@ def plot(results: dict[str, Any]):
         log_x=True,
     )
     positions = [(float(i), by_id.get(f"t1_{p}")) for i, p in enumerate(_POSITIONS)]
-    _panel(position_axes, {"learned": positions}, "flow position (Table 1)")
+    rgb = by_id.get("t1_rgb")  # the baseline the positions are to beat
+    reference = rgb["mean"] if rgb and rgb["mean"] is not None else None
+    _panel(position_axes, {"learned": positions}, "flow position (Table 1)", reference=reference)
     position_axes.set_xticks(range(len(_POSITIONS)))
     labels = ["input", "stem\n(paper B1)"] + [
         f"{p}\n(paper B{k + 2})" for k, p in enumerate(_POSITIONS[2:])
@@ -549,8 +551,16 @@ def plot(results: dict[str, Any]):
     return figure
 
 
-def _panel(axes, series: dict[str, list[tuple[float, dict | None]]], xlabel: str, log_x=False):
+def _panel(
+    axes,
+    series: dict[str, list[tuple[float, dict | None]]],
+    xlabel: str,
+    log_x: bool = False,
+    reference: float | None = None,
+):
     paper_axes = axes.twinx()
+    if reference is not None:
+        axes.axhline(reference, color="grey", linestyle=":", label="ours, RGB CNN")
     colours = {"fixed": "tab:blue", "learned": "tab:orange"}
     drawn = False
     for kind, points in series.items():
