@@ -1,5 +1,6 @@
 """The ablation runner (bin/reproduce.py): the rows cover the paper's Tables 1, 2, 3, 5 as issue
-#11 lists them, a tiny reproduction end to end (table, JSON, PNG), resuming trains nothing."""
+#11 lists them, a tiny reproduction end to end (table, JSON, PNG), resuming trains nothing, an
+interrupted one continues from its finished runs."""
 
 from __future__ import annotations
 
@@ -145,6 +146,27 @@ def test_mean_std_over_seeds_and_unfinished_runs_retrain(tmp_path):
     progress = "".join(lines)
     assert "[4/4] t3_fixed_50 seed 1: val acc 65.0%" in progress and "0 runs left" in progress
     assert "done: 4 runs (4 trained, 0 reused)" in progress
+
+
+def test_an_interrupted_reproduction_continues_from_the_finished_runs(tmp_path):
+    rows = [r for r in reproduce.ROWS if r.id in ("t5_fof", "t5_fcf")]
+    the_plan = reproduce.plan(str(tmp_path), seeds=1, rows=rows, base_config=BASE)
+    calls = []
+    fake = _fake_train(calls)
+
+    def killed_on_the_second_run(config, workdir):
+        if calls:
+            raise KeyboardInterrupt  # Ctrl-C (or a kill) during the second run
+        fake(config, workdir)
+
+    with pytest.raises(KeyboardInterrupt):
+        reproduce.run(the_plan, train=killed_on_the_second_run, log=open(os.devnull, "w"))
+    # The table so far was written after the first run.
+    assert "| Flow-of-flow | 51.0 ± 0.0 (n=1) | 47.2 |" in "".join(_table_lines(tmp_path))
+    assert "| Flow-conv-flow (FcF) | — | 62.3 |" in "".join(_table_lines(tmp_path))
+    results = reproduce.run(the_plan, train=fake, log=open(os.devnull, "w"))
+    assert [os.path.basename(os.path.dirname(c)) for c in calls] == ["t5_fof", "t5_fcf"]
+    assert [row["n"] for row in results["rows"]] == [1, 1]
 
 
 def _table_lines(root) -> list[str]:
