@@ -312,21 +312,19 @@ def write_report(
 # === Evaluation loop ===
 
 
-def _predict_step(model: Any, clip_shapes: dict[str, Sequence[int]] | Sequence[int]) -> Any:
-    """tf.function: inputs (videos, clips, *clip_shape) -> logits (videos, clips, C), traced
-    once. `clip_shapes` is one shape (an RGB model) or a dict of them by input name."""
-    nested = isinstance(clip_shapes, dict)
-    shapes = clip_shapes if nested else {"frames": clip_shapes}
-    signature = {
-        name: tf.TensorSpec([None, None, *shape], tf.float32) for name, shape in shapes.items()
-    }
+def _predict_step(model: Any, element_spec: Any) -> Any:
+    """tf.function: clips `(videos, clips, T, H, W, C)` -> logits `(videos, clips, classes)`,
+    traced once. The inputs are a tensor or a dict of them, as the evaluation dataset's
+    `element_spec` says (its last four axes; with or without its clip axis)."""
+    signature = tf.nest.map_structure(
+        lambda spec: tf.TensorSpec([None, None, *spec.shape[-4:]], spec.dtype), element_spec
+    )
 
-    @tf.function(input_signature=[signature if nested else signature["frames"]])
+    @tf.function(input_signature=[signature])
     def step(inputs: Any) -> tf.Tensor:
-        named = inputs if nested else {"frames": inputs}
-        first = tf.shape(next(iter(named.values())))
-        clips = {name: tf.reshape(named[name], [-1, *shape]) for name, shape in shapes.items()}
-        logits = model(clips if nested else clips["frames"], training=False)
+        first = tf.shape(tf.nest.flatten(inputs)[0])
+        clips = tf.nest.map_structure(lambda x: tf.reshape(x, [-1, *x.shape[2:]]), inputs)
+        logits = model(clips, training=False)
         return tf.reshape(logits, [first[0], first[1], -1])
 
     return step
@@ -358,7 +356,6 @@ def evaluate_model(
     manifest = data.load_manifest(split_dir)
     check_data_classes(manifest, split_dir, trained)
     sampling = trained.config.data
-    inputs = trained.config.model.inputs
     dataset = data.video_dataset(
         split_dir,
         training=False,
@@ -367,18 +364,9 @@ def evaluate_model(
         crop_size=sampling.crop_size,
         num_clips=None if num_clips == 1 else num_clips,
         batch_size=batch_size,
-        inputs=inputs,
+        inputs=trained.config.model.inputs,
     )
-    size = sampling.crop_size
-    clip_shapes = {
-        "frames": (sampling.num_frames, size, size, 3),
-        "optical_flow": (sampling.num_frames - 1, size, size, 2),
-    }
-    if inputs == "rgb":
-        step = _predict_step(trained.model, clip_shapes["frames"])
-    else:
-        wanted = ("frames", "optical_flow") if inputs == "rgb+optical_flow" else ("optical_flow",)
-        step = _predict_step(trained.model, {name: clip_shapes[name] for name in wanted})
+    step = _predict_step(trained.model, dataset.element_spec[0])
     metrics = ClassificationMetrics(len(trained.class_names))
     num_batches = max(1, math.ceil(manifest.num_accepted / batch_size))
     start = time.perf_counter()
