@@ -241,11 +241,7 @@ def test_cli_errors_are_one_line(cli):
         "bad_split": "nope: no such split directory",
         "no_workdir": "--workdir",
     }
-    for name, text in expected.items():
-        result = results[name]
-        lines = result["stderr"].splitlines()
-        assert result["code"] == 2 and len(lines) == 1, (name, result)
-        assert lines[0].startswith("repflow-evaluate: error: ") and text in lines[0], (name, lines)
+    trained_workdir.check_error_lines(results, expected, "repflow-evaluate")
 
 
 class _Terminal(io.StringIO):

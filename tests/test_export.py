@@ -308,7 +308,7 @@ def test_export_cli(export_cli, workdirs):
         "no_output": "--output is required",
         "missing_workdir": "nope: no such directory (--workdir)",
     }
-    _check_errors(results, expected, "repflow-export")
+    trained_workdir.check_error_lines(results, expected, "repflow-export")
 
 
 @pytest.mark.slow
@@ -351,17 +351,9 @@ def test_predict_cli(background, export_cli, videos, trained, workdirs):
         "missing_model": "nope: no such directory (--model)",
         "no_videos": "give at least one video file",
     }
-    _check_errors(results, expected, "repflow-predict")
+    trained_workdir.check_error_lines(results, expected, "repflow-predict")
     console = export_cli["console"]
     stdout, stderr = console.communicate(timeout=300)
     code = console.returncode
     lines = [line for line in stderr.splitlines() if line[:5] not in ("I0000", "E0000", "WARNI")]
     assert code == 2 and len(lines) == 1 and "nope: no such directory (--model)" in lines[0], stderr
-
-
-def _check_errors(results, expected, script):
-    for name, text in expected.items():
-        result = results[name]
-        lines = result["stderr"].splitlines()
-        assert result["code"] == 2 and len(lines) == 1, (name, result)
-        assert lines[0].startswith(f"{script}: error: ") and text in lines[0], (name, lines)

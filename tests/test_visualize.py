@@ -325,8 +325,4 @@ def test_visualize_errors_are_one_line(visualize_cli):
         "not_mp4": "x.avi: must end with .mp4",
         "no_output": "--output",
     }
-    for name, text in expected.items():
-        result = results[name]
-        lines = result["stderr"].splitlines()
-        assert result["code"] == 2 and len(lines) == 1, (name, result)
-        assert lines[0].startswith("repflow-visualize: error: ") and text in lines[0], (name, lines)
+    trained_workdir.check_error_lines(results, expected, "repflow-visualize")

@@ -135,3 +135,13 @@ def finish_cli(process: subprocess.Popen, output: str) -> list[dict]:
     assert process.returncode == 0, stdout + stderr
     with open(output) as f:
         return json.load(f)
+
+
+def check_error_lines(results: dict, expected: dict[str, str], script: str) -> None:
+    """Each `results[name]` (from `finish_cli`) exited 2 with exactly one stderr line,
+    `<script>: error: ...` containing `expected[name]`."""
+    for name, text in expected.items():
+        result = results[name]
+        lines = result["stderr"].splitlines()
+        assert result["code"] == 2 and len(lines) == 1, (name, result)
+        assert lines[0].startswith(f"{script}: error: ") and text in lines[0], (name, lines)
