@@ -10,6 +10,7 @@ says it was written from the same videos with the same options, and redoes only 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -20,9 +21,10 @@ import os
 import queue as queue_lib
 import random
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TextIO
 
 import numpy as np
@@ -40,7 +42,7 @@ from repflow_tf.data.manifest import (
 from repflow_tf.data.schema import make_sequence_example, shard_glob, shard_name
 from repflow_tf.data.splits import SplitList, VideoEntry
 from repflow_tf.data.video import VideoDecodeError, iter_frames
-from repflow_tf.fileio import commit_file, write_json_atomic
+from repflow_tf.fileio import commit_file, is_local, write_json_atomic
 from repflow_tf.startup import quiet_worker_start
 
 _STATE_DIR = ".convert"
@@ -116,6 +118,10 @@ class _ShardJob:
     def state_path(self) -> str:
         return os.path.join(self.directory, _STATE_DIR, self.file + ".json")
 
+    @property
+    def label_index(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.class_names)}
+
 
 def encode_frame(frame: np.ndarray, quality: int) -> bytes:
     """One (H, W, 3) uint8 frame as the JPEG bytes a shard stores."""
@@ -155,6 +161,21 @@ def encode_optical_flow(frames: np.ndarray, bound: float) -> tuple[list[bytes], 
     )
 
 
+@contextlib.contextmanager
+def _local_video(path: str) -> Iterator[str]:
+    """`path` itself, or for a video on another filesystem (`gs://...`, what Beam workers on a
+    cluster read) a local copy of it in a temporary directory that is removed after."""
+    if is_local(path):
+        yield path
+        return
+    if not tf.io.gfile.exists(path):
+        raise VideoDecodeError(path, "missing file")
+    with tempfile.TemporaryDirectory(prefix="repflow_video_") as directory:
+        local = os.path.join(directory, os.path.basename(path))
+        tf.io.gfile.copy(path, local)
+        yield local
+
+
 def encode_video(entry: VideoEntry, label_index: int, options: ConvertOptions) -> tuple[bytes, int]:
     """Decodes, resizes and JPEG-encodes one video into a serialised SequenceExample (with its
     TV-L1 optical flow when `options.optical_flow`).
@@ -170,7 +191,8 @@ def encode_video(entry: VideoEntry, label_index: int, options: ConvertOptions) -
     >>> n
     20
     """
-    frames = list(iter_frames(entry.path, short_side=options.short_side, fps=options.fps))
+    with _local_video(entry.path) as path:
+        frames = list(iter_frames(path, short_side=options.short_side, fps=options.fps))
     if len(frames) < options.min_frames:
         raise VideoDecodeError(
             entry.path, f"too short: {len(frames)} frames < min_frames={options.min_frames}"
@@ -185,34 +207,42 @@ def encode_video(entry: VideoEntry, label_index: int, options: ConvertOptions) -
     return make_sequence_example(encoded, label_index, entry.label, name, flow), len(encoded)
 
 
-def _write_shard(job: _ShardJob, tick: Callable[[bool], None]) -> dict[str, Any]:
-    """Writes one shard and its state record; returns the record. `tick(rejected)` per video."""
-    label_index = {name: i for i, name in enumerate(job.class_names)}
+def _convert_entry(
+    entry: VideoEntry, label_index: int | None, num_classes: int, options: ConvertOptions
+) -> tuple[bytes | None, dict[str, Any]]:
+    """One listed video as (record, its manifest entry), or (None, its rejection with the
+    reason) when it is unusable; `label_index` None: its label is not in the class list."""
+    reason = None
+    try:
+        if label_index is None:
+            raise VideoDecodeError(
+                entry.path, f"label {entry.label!r} not in the class list ({num_classes} classes)"
+            )
+        record, num_frames = encode_video(entry, label_index, options)
+    except VideoDecodeError as error:
+        reason = error.reason
+    except Exception as error:
+        # One odd file (an FFmpeg corner case, an exotic pixel format) must not stop a
+        # conversion of thousands; it is recorded as rejected with the error instead.
+        reason = f"unexpected error ({type(error).__name__}: {error})"
+    if reason is not None:
+        return None, {"path": entry.path, "label": entry.label, "reason": reason}
+    return record, {"path": entry.path, "label": entry.label, "frames": num_frames}
+
+
+def _write_shard_records(
+    job: _ShardJob, outcomes: Iterable[tuple[bytes | None, dict[str, Any]]], temporary: str
+) -> dict[str, Any]:
+    """Writes the records of `outcomes` (`_convert_entry`'s, in the shard's order) to
+    `temporary`, then the state record, then renames the shard into place; returns the state."""
     accepted, rejected = [], []
-    temporary = job.path + ".tmp"
     with tf.io.TFRecordWriter(temporary) as writer:
-        for entry in job.entries:
-            reason = None
-            try:
-                if entry.label not in label_index:
-                    raise VideoDecodeError(
-                        entry.path,
-                        f"label {entry.label!r} not in the class list "
-                        f"({len(job.class_names)} classes)",
-                    )
-                record, num_frames = encode_video(entry, label_index[entry.label], job.options)
-                writer.write(record)
-            except VideoDecodeError as error:
-                reason = error.reason
-            except Exception as error:
-                # One odd file (an FFmpeg corner case, an exotic pixel format) must not stop a
-                # conversion of thousands; it is recorded as rejected with the error instead.
-                reason = f"unexpected error ({type(error).__name__}: {error})"
-            if reason is None:
-                accepted.append({"path": entry.path, "label": entry.label, "frames": num_frames})
+        for record, video in outcomes:
+            if record is None:
+                rejected.append(video)
             else:
-                rejected.append({"path": entry.path, "label": entry.label, "reason": reason})
-            tick(reason is not None)
+                writer.write(record)
+                accepted.append(video)
     state = {
         "digest": job.digest,
         "file": job.file,
@@ -225,6 +255,20 @@ def _write_shard(job: _ShardJob, tick: Callable[[bool], None]) -> dict[str, Any]
     write_json_atomic(job.state_path, state)
     commit_file(temporary, job.path)
     return state
+
+
+def _write_shard(job: _ShardJob, tick: Callable[[bool], None]) -> dict[str, Any]:
+    """Writes one shard and its state record; returns the record. `tick(rejected)` per video."""
+
+    def outcomes() -> Iterator[tuple[bytes | None, dict[str, Any]]]:
+        for entry in job.entries:
+            outcome = _convert_entry(
+                entry, job.label_index.get(entry.label), len(job.class_names), job.options
+            )
+            yield outcome
+            tick(outcome[0] is None)
+
+    return _write_shard_records(job, outcomes(), job.path + ".tmp")
 
 
 _progress_queue = None
@@ -334,31 +378,54 @@ def convert_split(
     >>> manifest.num_listed, manifest.num_accepted, manifest.rejected[0].reason
     (1, 0, 'missing file')
     """
+    start = time.monotonic()
     options = options or ConvertOptions()
+    directory, jobs, states = _plan_split(split_list, output_dir, split, options, seed)
+    todo = [job for job in jobs if states[job.file] is None]
+    states.update(_convert_shards(todo, num_workers, f"{split}:", log))
+    reused = len(jobs) - len(todo)
+    return _finish_split(split_list, directory, jobs, states, options, seed, (start, reused), log)
+
+
+def _plan_split(
+    split_list: SplitList, output_dir: str, split: str, options: ConvertOptions, seed: int
+) -> tuple[str, list[_ShardJob], dict[str, dict[str, Any] | None]]:
+    """Checks the split, assigns its videos to shards and clears stale files; returns (split
+    directory, shard jobs, state records by shard file: None for the shards still to write)."""
     if options.optical_flow is not None:
         optical_flow_lib.require_opencv()  # one clear line now, not a rejection per video
     if not split or "/" in split or split.startswith("."):
         raise ValueError(f"`split` must be a plain name like 'train'. Received: split={split!r}")
     if len(set(split_list.class_names)) != len(split_list.class_names):
         raise ValueError(f"Class names must be unique. Received: {split_list.class_names}")
-    start = time.monotonic()
     directory = os.path.join(output_dir, split)
     tf.io.gfile.makedirs(os.path.join(directory, _STATE_DIR))
     jobs = _shard_jobs(split_list, directory, split, options, seed)
     _remove_stale_files(directory, split, keep={job.file for job in jobs})
+    return directory, jobs, {job.file: _finished_state(job) for job in jobs}
 
-    states = {job.file: _finished_state(job) for job in jobs}
-    todo = [job for job in jobs if states[job.file] is None]
-    states.update(_convert_shards(todo, num_workers, f"{split}:", log))
 
+def _finish_split(
+    split_list: SplitList,
+    directory: str,
+    jobs: list[_ShardJob],
+    states: Mapping[str, dict[str, Any]],
+    options: ConvertOptions,
+    seed: int,
+    timing: tuple[float, int],
+    log: TextIO | None,
+) -> Manifest:
+    """Writes the split's manifest from every shard's state record, and the summary line;
+    `timing` is (the conversion's start on `time.monotonic`, shards reused)."""
+    split = os.path.basename(directory)
     manifest = _manifest(split, split_list, jobs, states, options, seed)
     write_manifest(manifest, directory)
     if log is not None:
-        seconds = time.monotonic() - start
+        start, reused = timing
         log.write(
             f"{split}: {manifest.num_accepted} accepted, {manifest.num_rejected} rejected of "
             f"{manifest.num_listed} listed -> {len(jobs)} shards in {directory} "
-            f"({len(jobs) - len(todo)} reused, {seconds:.1f} s)\n"
+            f"({reused} reused, {time.monotonic() - start:.1f} s)\n"
         )
     return manifest
 
