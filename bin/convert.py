@@ -3,11 +3,17 @@
     repflow-convert --format=hmdb51 --video_dir=hmdb51/videos \\
         --split_dir=hmdb51/testTrainMulti_7030_splits --fold=1 --output_dir=data/hmdb51_1
     repflow-convert --format=synthetic --output_dir=data/motion
+    repflow-convert --format=kinetics ... --runner=DataflowRunner --beam_option=project=P ...
+
+With --runner the conversion runs as an Apache Beam pipeline (pip install -e ".[beam]") and
+writes the same shards and manifests as the local worker processes (--num_workers is then
+unused: the runner decides the parallelism; see repflow_tf.data.beam_convert).
 
 Exit status: 0 when every listed video was converted (or --allow_rejects), 1 when some were
 rejected (the manifests list them with the reason), 2 for bad flags or a malformed list file.
 """
 
+import functools
 import os
 import sys
 
@@ -15,6 +21,7 @@ from absl import app, flags
 
 from repflow_tf import data
 from repflow_tf.cli import fail, parse_flags, start_tensorflow
+from repflow_tf.data import beam_convert
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum(
@@ -55,6 +62,19 @@ flags.DEFINE_float("flow_bound", data.DEFAULT_FLOW_BOUND, "Stored flow is clippe
 flags.DEFINE_integer(
     "num_workers", os.cpu_count() or 1, "Worker processes (1: in-process).", lower_bound=1
 )
+flags.DEFINE_enum(
+    "runner",
+    None,
+    beam_convert.RUNNERS,
+    "Run the conversion as an Apache Beam pipeline on this runner (default: local worker "
+    'processes); pip install -e ".[beam]".',
+)
+flags.DEFINE_multi_string(
+    "beam_option",
+    [],
+    "With --runner: a Beam pipeline option KEY=VALUE (repeatable), e.g. project=my-project, "
+    "region=us-central1, temp_location=gs://b/tmp, flink_master=host:8081, direct_num_workers=4.",
+)
 flags.DEFINE_integer("seed", 0, "Seed of the shuffle that spreads videos over shards.")
 flags.DEFINE_bool("allow_rejects", False, "Exit 0 even if some videos were rejected.")
 flags.DEFINE_integer("num_train", 512, "synthetic: training videos.")
@@ -66,6 +86,16 @@ flags.mark_flags_as_required(["format", "output_dir"])
 def _run(argv: list[str]) -> None:
     if len(argv) > 1:
         fail(f"unexpected arguments {argv[1:]}; every option is a --flag")
+    if FLAGS.runner is None and FLAGS.beam_option:
+        fail("--beam_option is for a Beam pipeline: pass --runner too")
+    if FLAGS.runner is not None:
+        if FLAGS.format == "synthetic":
+            fail("--runner converts listed videos; --format=synthetic is converted locally")
+        try:
+            beam_convert.parse_beam_options(FLAGS.beam_option)
+            beam_convert.require_beam()
+        except (ValueError, data.DataError) as error:
+            fail(str(error))
     start_tensorflow()
     try:
         if FLAGS.format == "synthetic":
@@ -101,13 +131,15 @@ def _run(argv: list[str]) -> None:
                 optical_flow=None if FLAGS.optical_flow == "none" else FLAGS.optical_flow,
                 flow_bound=FLAGS.flow_bound,
             )
-            manifests = data.convert_dataset(
-                split_lists,
-                FLAGS.output_dir,
-                options,
-                num_workers=FLAGS.num_workers,
-                seed=FLAGS.seed,
-            )
+            if FLAGS.runner is None:
+                convert = functools.partial(data.convert_dataset, num_workers=FLAGS.num_workers)
+            else:
+                convert = functools.partial(
+                    beam_convert.convert_dataset_beam,
+                    runner=FLAGS.runner,
+                    beam_options=FLAGS.beam_option,
+                )
+            manifests = convert(split_lists, FLAGS.output_dir, options, seed=FLAGS.seed)
     except (data.DataError, ValueError, OSError) as error:
         fail(str(error))
     sys.exit(data.report_rejections(manifests, allow_rejects=FLAGS.allow_rejects))
