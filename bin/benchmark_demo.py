@@ -1,7 +1,7 @@
 """The paper's central claim at small scale: flow vs RGB-only on the synthetic motion dataset.
 
-Trains every config in --configs (default: the flow demo and its RGB-only baseline, the same
-2D ResNet-18 and budget) into <workdir_root>/<config name>, then prints one table row per model:
+Trains every config in --configs (default: the demo's learned flow after block 1, flow on the
+input frames and the RGB-only baseline: the same 2D ResNet-18 and budget) into <workdir_root>/<config name>, then prints one table row per model:
 validation accuracy, epochs, wall time, parameters. Runs already finished are reused (training
 resumes), so the script can be re-run after a kill. See `repflow_tf.benchmarks.demo`.
 
@@ -21,7 +21,11 @@ from repflow_tf.config import ConfigError, load_config  # noqa: E402
 from repflow_tf.fileio import write_json_atomic  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("configs", ["configs/demo.toml", "configs/demo_rgb.toml"], "Configs to compare.")
+flags.DEFINE_list(
+    "configs",
+    ["configs/demo.toml", "configs/demo_input_flow.toml", "configs/demo_rgb.toml"],
+    "Configs to compare.",
+)
 flags.DEFINE_string("workdir_root", "runs/benchmark_demo", "One workdir per config below this.")
 flags.DEFINE_multi_string("set", [], "Override applied to every config (repeatable).")
 flags.DEFINE_string("json_out", None, "Also write the table as JSON to this file.")
