@@ -250,6 +250,8 @@ class DataConfig:
         synthetic: generate the embedded synthetic motion dataset into `root` when it is missing.
         synthetic_train, synthetic_val: videos per split of the synthetic dataset.
         synthetic_size: frame size of the synthetic videos.
+        synthetic_variant: `"easy"` (8 directions at 2-3 px per frame) or `"hard"` (faster
+            motion, flicker and noise: see `repflow_tf.data.synthetic`).
         train_split, val_split: split names under `root`.
         num_frames, stride: frames per clip and the temporal stride between them.
         crop_size: clip height and width.
@@ -268,6 +270,7 @@ class DataConfig:
     synthetic_train: int = 512
     synthetic_val: int = 128
     synthetic_size: int = 64
+    synthetic_variant: str = "easy"
     train_split: str = "train"
     val_split: str = "val"
     num_frames: int = 16
@@ -290,6 +293,7 @@ class DataConfig:
         for name in ("root", "train_split", "val_split"):
             _check_str(name, getattr(self, name))
         _check_bool("synthetic", self.synthetic)
+        _check_choice("synthetic_variant", self.synthetic_variant, options.SYNTHETIC_VARIANTS)
         _check_bool("flip", self.flip)
         _set_range(self, "crop_area", upper=1.0)
         _set_range(self, "crop_aspect_ratio")

@@ -18,6 +18,9 @@ FLOW_STACKS = ("single", "fof", "fcf")
 # What a model reads (`ModelConfig.inputs`) and so what the reader yields: RGB frames, precomputed
 # optical flow (the paper's "Flow CNN" baseline), or both (two-stream).
 INPUTS = ("rgb", "optical_flow", "rgb+optical_flow")
+# Variants of the embedded synthetic dataset (`repflow_tf.data.synthetic`): the original 8
+# directions at 2-3 px per frame, and the one where flow inside the network matters.
+SYNTHETIC_VARIANTS = ("easy", "hard")
 # `repflow-export --format` (`repflow_tf.export_formats`).
 EXPORT_FORMATS = ("saved_model", "tflite", "onnx")
 

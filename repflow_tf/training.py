@@ -265,7 +265,12 @@ def prepare_data(config: ExperimentConfig, chief: bool = True, timeout: float = 
         for split, name in (("train", config.data.train_split), ("val", config.data.val_split))
     }
     manifests = [os.path.join(path, "manifest.json") for path in dirs.values()]
-    if config.data.synthetic and not all(os.path.exists(path) for path in manifests):
+    if config.data.synthetic and all(os.path.exists(path) for path in manifests):
+        try:
+            data.check_synthetic_variant(config.data.root, config.data.synthetic_variant)
+        except ValueError as error:
+            raise TrainingError(f"synthetic data in {config.data.root}: {error}") from None
+    elif config.data.synthetic:
         if chief:
             try:
                 data.make_synthetic_dataset(
@@ -275,6 +280,7 @@ def prepare_data(config: ExperimentConfig, chief: bool = True, timeout: float = 
                     num_classes=config.model.num_classes,
                     num_frames=max(24, config.data.num_frames * config.data.stride),
                     size=config.data.synthetic_size,
+                    variant=config.data.synthetic_variant,
                     seed=config.runtime.seed,
                     # TV-L1 is the slow part: one worker process per core.
                     num_workers=None if config.model.inputs != "rgb" else 1,

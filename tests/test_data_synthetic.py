@@ -6,8 +6,14 @@ import time
 import numpy as np
 import pytest
 
-from repflow_tf.data import class_names, load_manifest, make_synthetic_dataset, video_dataset
-from repflow_tf.data.synthetic import render_clip
+from repflow_tf.data import (
+    class_names,
+    load_manifest,
+    make_synthetic_dataset,
+    synthetic,
+    video_dataset,
+)
+from repflow_tf.data.synthetic import check_synthetic_variant, render_clip
 
 _STEPS = {
     "right": (1, 0),
@@ -21,20 +27,38 @@ _STEPS = {
 }
 
 
-def _motion_class(clip, names, threshold=8.0):
+def _motion_class(clip, names, threshold=8.0, steps=(2, 3), standardise=False):
     """Classic block matching: among pixels that change between frames, how many are explained
-    by shifting the previous frame 2 or 3 pixels in each candidate direction."""
+    by shifting the previous frame by one of `steps` pixels in each candidate direction.
+    `standardise` first maps every frame to zero mean and unit variance (undoing a flicker)."""
     grey = np.asarray(clip, np.float32).mean(axis=-1)
+    if standardise:
+        grey = (grey - grey.mean(axis=(1, 2), keepdims=True)) / grey.std(axis=(1, 2), keepdims=True)
     changed = np.abs(grey[1:] - grey[:-1]) > threshold
     scores = []
     for name in names:
         dx, dy = _STEPS[name]
         best = 0
-        for step in (2, 3):
+        for step in steps:
             shifted = np.roll(grey[:-1], (step * dy, step * dx), axis=(1, 2))
             best = max(best, ((np.abs(grey[1:] - shifted) < threshold) & changed).sum())
         scores.append(best)
     return int(np.argmax(scores))
+
+
+def _single_frame_accuracy(clips, labels):
+    """A per-frame classifier (nearest class mean of 8x8 colour thumbnails), trained on the first
+    3/4 of the clips, on the frames of the rest."""
+    count, frames = clips.shape[:2]
+    thumbs = (
+        clips.reshape(count, frames, 8, 8, 8, 8, 3).mean(axis=(3, 5)).reshape(count, frames, -1)
+    )
+    split = count * 3 // 4
+    train, test = slice(0, split), slice(split, count)
+    means = np.stack([thumbs[train][labels[train] == c].reshape(-1, 192).mean(0) for c in range(8)])
+    test_frames = thumbs[test].reshape(-1, 192)
+    predicted = ((test_frames[:, None] - means[None]) ** 2).sum(-1).argmin(1)
+    return (predicted == np.repeat(labels[test], frames)).mean()
 
 
 def test_motion_tells_the_class_and_single_frames_do_not():
@@ -47,14 +71,40 @@ def test_motion_tells_the_class_and_single_frames_do_not():
     motion = np.array([_motion_class(clip, names, threshold=1.0) for clip in clips])
     assert (motion == labels).mean() >= 0.97
 
-    # A per-frame classifier (nearest class mean of 8x8 colour thumbnails) is at chance level.
-    thumbs = clips.reshape(320, 6, 8, 8, 8, 8, 3).mean(axis=(3, 5)).reshape(320, 6, -1)
-    train, test = slice(0, 240), slice(240, 320)
-    means = np.stack([thumbs[train][labels[train] == c].reshape(-1, 192).mean(0) for c in range(8)])
-    frames = thumbs[test].reshape(-1, 192)
-    predicted = ((frames[:, None] - means[None]) ** 2).sum(-1).argmin(1)
-    accuracy = (predicted == np.repeat(labels[test], 6)).mean()
+    accuracy = _single_frame_accuracy(clips, labels)
     assert accuracy < 0.25, accuracy  # chance: 0.125
+
+
+def test_the_hard_variant_breaks_pixel_brightness_constancy_and_motion_still_tells_the_class():
+    names = class_names(8)
+    labels = np.arange(240) % 8
+    clips = {}
+    for variant in ("easy", "hard"):
+        rng = np.random.default_rng(0)
+        clips[variant] = np.stack(
+            [
+                render_clip(rng, names[c], num_frames=6, size=64, **synthetic._VARIANTS[variant])
+                for c in labels
+            ]
+        )
+    hard = clips["hard"]
+    # Single frames still tell nothing.
+    assert _single_frame_accuracy(hard, labels) < 0.25
+    # Two frames do, through motion of 3-5 px once each frame's flicker is undone ...
+    motion = [_motion_class(c, names, 0.5, steps=(3, 4, 5), standardise=True) for c in hard]
+    assert (np.array(motion) == labels).mean() >= 0.9
+    # The flicker: consecutive frames' mean brightness differs by ~10 grey levels (easy: ~0).
+    means = {
+        variant: clip.astype(np.float32).mean(axis=(2, 3, 4)) for variant, clip in clips.items()
+    }
+    changes = {variant: np.median(np.abs(np.diff(m, axis=1))) for variant, m in means.items()}
+    assert changes["hard"] > 4 and changes["easy"] < 0.5, changes
+
+    # The noise: the same clip rendered without it differs by σ = 3 grey levels per pixel.
+    settings = {**synthetic._VARIANTS["hard"], "num_frames": 6, "size": 64}
+    noisy = render_clip(np.random.default_rng(5), "up", **settings).astype(np.float32)
+    clean = render_clip(np.random.default_rng(5), "up", **{**settings, "noise": 0.0})
+    assert 2.5 < (noisy - clean).std() < 3.5
 
 
 def test_appearance_is_randomised_per_video():
@@ -103,3 +153,27 @@ def test_make_synthetic_dataset_end_to_end(tmp_path):
 
     with pytest.raises(ValueError, match="Received: num_classes=3"):
         make_synthetic_dataset(str(tmp_path), num_classes=3)
+
+
+def test_a_dataset_of_another_variant_is_refused_not_mixed_in(tmp_path):
+    make_synthetic_dataset(str(tmp_path), num_train=8, num_val=0, num_frames=4, size=32, log=None)
+    listed = sorted(os.listdir(tmp_path / "videos" / "train"))
+    with pytest.raises(ValueError) as error:
+        make_synthetic_dataset(
+            str(tmp_path), num_train=8, num_val=0, num_frames=4, size=32, variant="hard", log=None
+        )
+    assert str(error.value) == (
+        f"{tmp_path} holds the 'easy' synthetic variant, not 'hard'; "
+        "use another directory or delete it"
+    )
+    assert sorted(os.listdir(tmp_path / "videos" / "train")) == listed
+    with pytest.raises(ValueError, match="`variant` must be one of \\('easy', 'hard'\\)"):
+        make_synthetic_dataset(str(tmp_path), variant="medium")
+
+
+def test_a_dataset_from_before_the_record_counts_as_the_easy_variant(tmp_path):
+    make_synthetic_dataset(str(tmp_path), num_train=8, num_val=0, num_frames=4, size=32, log=None)
+    os.remove(tmp_path / "synthetic.json")
+    make_synthetic_dataset(str(tmp_path), num_train=8, num_val=0, num_frames=4, size=32, log=None)
+    with pytest.raises(ValueError, match="holds the 'easy' synthetic variant, not 'hard'"):
+        check_synthetic_variant(str(tmp_path), "hard")

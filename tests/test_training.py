@@ -374,6 +374,25 @@ def test_cli_rejects_a_class_count_that_does_not_match_the_data(data_root, tmp_p
     assert not os.path.exists(workdir)
 
 
+def test_cli_rejects_synthetic_data_of_another_variant(data_root, tmp_path, capsys):
+    code, _, err = run_cli(
+        [
+            f"--config={DEMO}",
+            f"--workdir={tmp_path / 'w'}",
+            *set_args(data_root, 'data.synthetic_variant="hard"'),
+        ],
+        capsys,
+    )
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "holds the 'easy' synthetic variant, not 'hard'" in err and data_root in err
+    assert not os.path.exists(tmp_path / "w")
+    code, _, err = run_cli(
+        [f"--config={DEMO}", f"--workdir={tmp_path / 'w'}", '--set=data.synthetic_variant="x"'],
+        capsys,
+    )
+    assert code == 2 and "`synthetic_variant` must be one of ('easy', 'hard')" in err
+
+
 def test_cli_rejects_missing_data(tmp_path, capsys):
     missing = str(tmp_path / "nothing")
     code, _, err = run_cli(

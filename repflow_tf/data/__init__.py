@@ -39,6 +39,7 @@ _EXPORTS = {
     "LABEL_INDEX_KEY": ("schema", "LABEL_INDEX_KEY"),
     "LABEL_TEXT_KEY": ("schema", "LABEL_TEXT_KEY"),
     "list_shards": ("pipeline", "list_shards"),
+    "check_synthetic_variant": ("synthetic", "check_synthetic_variant"),
     "ListFormatError": ("splits", "ListFormatError"),
     "load_manifest": ("manifest", "load_manifest"),
     "make_sequence_example": ("schema", "make_sequence_example"),
