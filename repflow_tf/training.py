@@ -316,6 +316,44 @@ def prepare_data(config: ExperimentConfig, chief: bool = True, timeout: float = 
     }
 
 
+def num_workers(strategy: tf.distribute.Strategy) -> int:
+    """Worker processes of `strategy` (1 unless multi-worker): its input pipelines."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return 1
+    return strategy.num_replicas_in_sync // len(strategy.extended.worker_devices)
+
+
+def check_worker_shards(splits: dict, workers: int, stream: TextIO | None = sys.stderr) -> None:
+    """Multi-worker input: every worker reads its own shards of each split (per-worker
+    `InputContext` sharding), never all of them.
+
+    Raises `TrainingError` (one line naming the split directory, its shard count, the worker
+    count and what to do) for a split with fewer shards than workers; with fewer than 2
+    training shards per worker, writes one warning line to `stream` (None: silent): the
+    workers' shares of the data then differ by up to a whole shard, and each shuffles fewer
+    files.
+    """
+    if workers <= 1:
+        return
+    for split, kind in (("train", "training"), ("val", "validation")):
+        shards = len(data.list_shards(splits[split]))
+        suggestion = max(1, splits[f"num_{split}"] // (2 * workers))
+        advice = f"reconvert it with --videos_per_shard={suggestion} or less"
+        counted = f"{shards} {kind} shard{'' if shards == 1 else 's'}"
+        if shards < workers:
+            raise TrainingError(
+                f"{splits[split]}: {counted} for {workers} workers, each of which "
+                f"must read its own shards; {advice} (>= {2 * workers} shards)"
+            )
+        if split == "train" and shards < 2 * workers and stream is not None:
+            print(
+                f"warning: {splits[split]}: {counted} for {workers} workers, "
+                f"fewer than the 2 per worker recommended; {advice}",
+                file=stream,
+                flush=True,
+            )
+
+
 def clip_dataset(
     source: str,
     config: ExperimentConfig,
@@ -327,8 +365,8 @@ def clip_dataset(
 ) -> tf.data.Dataset:
     """Batches of `(frames, one-hot labels)` from a split, with `config.data`'s sampling.
 
-    With an `input_context` of several pipelines, each reads its share of the shards, or (fewer
-    shards than pipelines) of the clips of one common seeded sequence.
+    With an `input_context` of several pipelines, each reads its own share of the shards (see
+    `check_worker_shards`: never every shard with a share of the clips).
     """
     options = config.data
     kwargs = dict(
@@ -343,16 +381,7 @@ def clip_dataset(
         seed=seed,
         inputs=config.model.inputs,
     )
-    pipelines = input_context.num_input_pipelines if input_context else 1
-    if pipelines > 1 and len(data.list_shards(source)) < pipelines:
-        clips = data.video_dataset(source, **kwargs).shard(
-            pipelines, input_context.input_pipeline_id
-        )
-        clips = clips.batch(batch_size, drop_remainder=training)
-    else:
-        clips = data.video_dataset(
-            source, batch_size=batch_size, input_context=input_context, **kwargs
-        )
+    clips = data.video_dataset(source, batch_size=batch_size, input_context=input_context, **kwargs)
     classes = config.model.num_classes
     return clips.map(lambda inputs, label: (inputs, tf.one_hot(label, classes)))
 
@@ -469,6 +498,7 @@ def train(
     _check_setup(config, strategy.num_replicas_in_sync)
     _check_workdir(config, workdir)
     splits = prepare_data(config, chief=chief)
+    check_worker_shards(splits, num_workers(strategy), sys.stderr if chief else None)
     steps_per_epoch = _steps_per_epoch(config, splits)
 
     previous_policy = keras.config.dtype_policy()
@@ -840,22 +870,19 @@ def _validate(val_step, iterator, steps: int) -> dict[str, float]:
 
 
 def _clips_per_pipeline(source: str, pipelines: int) -> list[int]:
-    """How many clips each of `pipelines` input pipelines reads from `source` (see
-    `clip_dataset`: whole shards round robin, or clips round robin with fewer shards)."""
+    """How many clips each of `pipelines` input pipelines reads from `source`: whole shards
+    round robin (`check_worker_shards` has refused fewer shards than pipelines)."""
     shards = data.list_shards(source)
     if any(count < 0 for _, count in shards):
         raise TrainingError(f"{source}: multi-worker validation needs the split's manifest")
-    if len(shards) >= pipelines:
-        return [sum(count for _, count in shards[index::pipelines]) for index in range(pipelines)]
-    total = sum(count for _, count in shards)
-    return [len(range(index, total, pipelines)) for index in range(pipelines)]
+    return [sum(count for _, count in shards[index::pipelines]) for index in range(pipelines)]
 
 
 def _validation_steps_per_worker(
     source: str, global_batch: int, strategy: tf.distribute.Strategy
 ) -> int:
     """Steps that let the worker with the most validation clips see all of them."""
-    workers = strategy.num_replicas_in_sync // len(strategy.extended.worker_devices)
+    workers = num_workers(strategy)
     most = max(_clips_per_pipeline(source, workers))
     return max(1, math.ceil(most / (global_batch // workers)))
 
