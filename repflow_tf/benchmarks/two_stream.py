@@ -45,8 +45,13 @@ ROWS: dict[str, tuple[dict[str, Any], str | None, int | None]] = {
         "demo_two_stream",
         8546,
     ),
-    "Rep. flow on the input, 10 it., fixed (demo)": (
+    "Rep. flow on the input, 10 it., fixed": (
         {"flow_position": "input", "flow_iterations": 10, "flow_learn": ()},
+        "demo_input_flow",
+        None,
+    ),
+    "Rep. flow after block 1, 10 it., learned (demo)": (
+        {"flow_position": "block1", "flow_iterations": 10},
         "demo",
         None,
     ),
