@@ -1,9 +1,10 @@
 """The paper's central claim at small scale: flow vs RGB-only on the synthetic motion dataset.
 
 Trains every config in --configs (default: the demo's learned flow after block 1, flow on the
-input frames and the RGB-only baseline: the same 2D ResNet-18 and budget) into <workdir_root>/<config name>, then prints one table row per model:
-validation accuracy, epochs, wall time, parameters. Runs already finished are reused (training
-resumes), so the script can be re-run after a kill. See `repflow_tf.benchmarks.demo`.
+input frames and the RGB-only baseline: the same 2D ResNet-18 and budget) into
+<workdir_root>/<config name>, then prints one table row per model: validation accuracy, epochs,
+wall time, parameters. Runs already finished are reused (training resumes), so the script can
+be re-run after a kill. See `repflow_tf.benchmarks.demo`.
 
     python bin/benchmark_demo.py --workdir_root=runs/benchmark_demo
     python bin/benchmark_demo.py --set trainer.epochs=4 --workdir_root=runs/quick_demo
