@@ -207,9 +207,6 @@ def test_model_fit_two_steps_updates_flow_parameters(jit_compile):
     outputs = keras.layers.Dense(1)(keras.layers.Flatten()(flow))
     model = keras.Model(inputs, outputs)
     model.compile(keras.optimizers.SGD(0.1), "mse", jit_compile=jit_compile)
-    # The block starts as the identity (BN gamma = 0), which blocks the gradient to its flow
-    # parameters in the first step; open it so that both steps train them.
-    block.norm.gamma.assign(tf.ones_like(block.norm.gamma))
     flow_weights = [w for w in model.weights if "representation_flow" in w.path]
     assert len(flow_weights) == 18
     before = [w.numpy() for w in flow_weights]
@@ -482,11 +479,28 @@ def test_constant_channel_gives_zero_flow_and_finite_gradient(normalize):
 
 
 @pytest.mark.parametrize("training", [False, True])
-def test_flow_block_starts_as_identity(training):
+def test_flow_block_with_zero_init_residual_starts_as_identity(training):
     x = tf.constant(np.abs(moving_clips((2, 4, 6, 7, 5), seed=16)))
-    block = FlowBlock(channels_reduced=2, num_iter=2)
+    block = FlowBlock(channels_reduced=2, num_iter=2, zero_init_residual=True)
     out = block(x, training=training)
     np.testing.assert_array_equal(out.numpy(), x.numpy()[:, 1:])
+    assert FlowBlock.from_config(block.get_config()).zero_init_residual
+
+
+def test_flow_block_adds_its_flow_from_the_start_and_trains_the_reduction_in_step_one():
+    x = tf.constant(np.abs(moving_clips((2, 4, 6, 7, 5), seed=16)))
+    block = FlowBlock(channels_reduced=2, num_iter=2)
+    with tf.GradientTape() as tape:
+        out = block(x, training=True)
+        loss = tf.reduce_sum(out * tf.random.stateless_normal(out.shape, (1, 2)))
+    assert np.abs(out.numpy() - x.numpy()[:, 1:]).max() > 0.1
+    gradient = tape.gradient(loss, block.reduce.kernel)
+    assert np.abs(gradient.numpy()).max() > 0
+    identity = FlowBlock(channels_reduced=2, num_iter=2, zero_init_residual=True)
+    with tf.GradientTape() as tape:
+        out = identity(x, training=True)
+        loss = tf.reduce_sum(out * tf.random.stateless_normal(out.shape, (1, 2)))
+    assert np.abs(tape.gradient(loss, identity.reduce.kernel).numpy()).max() == 0
 
 
 @pytest.mark.parametrize("kind, blocks", [("single", 1), ("fof", 2), ("fcf", 2)])
@@ -511,7 +525,7 @@ def test_conv_bn_weights_keep_their_names_order_and_settings():
     norm = ["norm/gamma", "norm/beta", "norm/moving_mean", "norm/moving_variance"]
     assert paths == [*flow_paths, "reduce/kernel", "expand/kernel", *norm]
     assert tuple(block.expand.kernel.shape) == (1, 3, 3, 4, 4) and block.expand.padding == "same"
-    np.testing.assert_array_equal(block.norm.gamma.numpy(), np.zeros(4))  # starts as identity
+    np.testing.assert_array_equal(block.norm.gamma.numpy(), np.ones(4))  # zero_init_residual off
     conv = ConvBNReLU(synchronized_bn=True, name="flow_conv")
     conv.build((None, 3, 6, 7, 4))
     assert [w.path for w in conv.weights] == ["flow_conv/conv/kernel"] + [
