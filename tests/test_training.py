@@ -31,6 +31,7 @@ def tiny_overrides(root: str, *extra: str) -> list[str]:
     return [
         f'data.root="{root}"',
         "data.synthetic=true",
+        'data.synthetic_variant="easy"',
         "data.synthetic_train=16",
         "data.synthetic_val=8",
         "data.synthetic_size=32",
