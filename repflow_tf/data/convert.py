@@ -260,10 +260,12 @@ def _write_shard_records(
 def _write_shard(job: _ShardJob, tick: Callable[[bool], None]) -> dict[str, Any]:
     """Writes one shard and its state record; returns the record. `tick(rejected)` per video."""
 
+    label_index = job.label_index  # a property that builds the dict: once per shard
+
     def outcomes() -> Iterator[tuple[bytes | None, dict[str, Any]]]:
         for entry in job.entries:
             outcome = _convert_entry(
-                entry, job.label_index.get(entry.label), len(job.class_names), job.options
+                entry, label_index.get(entry.label), len(job.class_names), job.options
             )
             yield outcome
             tick(outcome[0] is None)
