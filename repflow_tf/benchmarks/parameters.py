@@ -19,6 +19,16 @@ VARIANTS = {
 }
 
 
+def trainable_parameters(model) -> int:
+    """The number of trainable weights of a Keras model (what the gradients all-reduce).
+
+    >>> import keras
+    >>> trainable_parameters(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]))
+    8
+    """
+    return int(sum(math.prod(v.shape) for v in model.trainable_variables))
+
+
 def _millions(count: int) -> str:
     return f"{count / 1e6:8.3f}M"
 
@@ -55,7 +65,7 @@ def table(
                     }
                 )
                 model = build(config)
-                trainable = sum(math.prod(v.shape) for v in model.trainable_variables)
+                trainable = trainable_parameters(model)
                 rgb_count = rgb_count or trainable
                 ratio = trainable / rgb_count
                 relative = f"{ratio:8.2f}x" if ratio > 1.5 else f"{100 * (ratio - 1):+8.2f}%"

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import socket
 import statistics
@@ -37,6 +36,8 @@ import sys
 import time
 from collections.abc import Callable
 from typing import Any
+
+from repflow_tf.benchmarks.parameters import trainable_parameters
 
 _RESULT_PREFIX = "SCALING_WORKER_RESULT "
 
@@ -67,7 +68,7 @@ class ScalingSettings:
             "steps": self.steps >= 1,
             "warmup_steps": self.warmup_steps >= 1,
             "shards_per_worker": self.shards_per_worker >= 1,
-            "num_videos": self.num_videos >= self.shards_per_worker * max(self.workers or (1,)) * 1,
+            "num_videos": self.num_videos >= self.shards_per_worker * max(self.workers or (1,)),
             "gpus": self.gpus >= 1,
             "bandwidth_gb_s": self.bandwidth_gb_s > 0,
             "gpu_step_ms": self.gpu_step_ms > 0,
@@ -199,7 +200,6 @@ def measure_worker(settings: ScalingSettings, source: str) -> dict[str, Any]:
     )
     pipeline = iter(own)
     input_ms = _median_ms(lambda: next(pipeline), settings.steps, settings.warmup_steps)
-    parameters = sum(math.prod(v.shape) for v in model.trainable_variables)
     return {
         "workers": workers,
         "per_worker_batch": batch // workers,
@@ -211,7 +211,7 @@ def measure_worker(settings: ScalingSettings, source: str) -> dict[str, Any]:
         "compute_ms": max(fixed_ms - allreduce_ms, 0.0),
         "input_wait_ms": max(step_ms - fixed_ms, 0.0),
         "input_ms": input_ms,
-        "parameters": int(parameters),
+        "parameters": trainable_parameters(model),
         "model": f"{config.model.kind} ResNet-{config.model.depth} ({settings.config})",
     }
 
@@ -278,8 +278,7 @@ def _parameters(config_path: str) -> int:
     from repflow_tf import models
     from repflow_tf.config import load_config
 
-    model = models.build(load_config(config_path).model)
-    return int(sum(math.prod(v.shape) for v in model.trainable_variables))
+    return trainable_parameters(models.build(load_config(config_path).model))
 
 
 def run(settings: ScalingSettings, log: Callable[[str], None] = print) -> dict[str, Any]:
