@@ -523,6 +523,36 @@ def test_gradient_equals_autodiff_of_the_plain_loop(num_iter, checkpoint_every, 
         assert error < 1e-6, f"{name}: relative error {error:.2e}"
 
 
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_chunks_of_pairs_give_the_unchunked_flow_and_exact_gradients(jit_compile):
+    """3 pairs in chunks of 2 (the last one zero-padded): the same flow as in one piece, and
+    gradients equal to autodiff of the plain loop (float64, 1e-6 relative)."""
+    inputs = _hard_inputs(shape=(3, 9, 11, 3))
+    pair_bytes = 9 * 11 * 3 * 8
+    weights = tf.constant(np.random.default_rng(6).normal(size=(2, *inputs[0].shape)))
+    whole = _iterate(ops.tvl1_iterate, inputs, 7, jit_compile=jit_compile, chunk_bytes=0)
+    chunked = _iterate(
+        ops.tvl1_iterate, inputs, 7, jit_compile=jit_compile, chunk_bytes=2 * pair_bytes
+    )
+    for got, want in zip(chunked, whole, strict=True):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-12, atol=1e-12)
+    ours = _gradients(
+        ops.tvl1_iterate, inputs, weights, 7, jit_compile=jit_compile, chunk_bytes=2 * pair_bytes
+    )
+    reference = _gradients(references.autodiff_iterate, inputs, weights, 7)
+    for name, got, want in zip(_ALL_INPUTS, ours, reference, strict=True):
+        want = want.numpy()
+        assert np.max(np.abs(want)) > 0, name
+        error = np.max(np.abs(got.numpy() - want)) / np.max(np.abs(want))
+        assert error < 1e-6, f"{name}: relative error {error:.2e}"
+
+
+@pytest.mark.parametrize("chunk_bytes", [-1, 2.5, True])
+def test_bad_chunk_bytes(chunk_bytes):
+    with pytest.raises(ValueError, match=rf"chunk_bytes.*{chunk_bytes!r}"):
+        _iterate(ops.tvl1_iterate, _hard_inputs(), 3, chunk_bytes=chunk_bytes)
+
+
 def test_frozen_groups_get_zero_gradients_and_the_others_are_unchanged():
     inputs = _hard_inputs()
     weights = tf.constant(np.random.default_rng(4).normal(size=(2, *inputs[0].shape)))

@@ -7,15 +7,17 @@ trainable variable; median of `repeats` timed calls after one warm-up call):
   map, 20 iterations, learn=("divergence", "hyper");
 * ``rgb224``: `RepresentationFlow` on a (1, 8, 224, 224, 3) RGB clip, same settings;
 * ``resnet18``: one `train_on_batch` of a 2D ResNet-18 (base width 32) on 4 clips x 8 frames x
-  112 x 112, SGD: RGB only, and with a learned flow block after block 1 (28 x 28);
+  112 x 112, SGD: RGB only, and with a learned flow block after block 1 (28 x 28), in chunks
+  and on the whole batch;
 * ``memory50``: peak memory of the flow block at 50 iterations, forward and forward + backward,
   each in a fresh process.
 
-Implementations: ``ours`` (the hand-written gradient, XLA-compiled), ``ours_graph`` (the same,
-``jit_compile=False``), ``autodiff_graph`` (TensorFlow's autodiff through the plain while loop,
-`references.autodiff_iterate`, in `tf.function` without XLA; grappler's memory optimizer is off
-for it, since with it on the fit crashes, see DESIGN.md) and ``autodiff_xla`` (the same loop,
-autodiff inside one XLA function).
+Implementations: ``ours`` (the hand-written gradient, XLA-compiled, over chunks of frame pairs
+sized for the CPU's cache: `ops.CHUNK_BYTES`), ``ours_whole`` (the same on the whole batch at
+once, as on a GPU), ``ours_graph`` (``ours`` with ``jit_compile=False``), ``autodiff_graph``
+(TensorFlow's autodiff through the plain while loop, `references.autodiff_iterate`, in
+`tf.function` without XLA; grappler's memory optimizer is off for it, since with it on the fit
+crashes, see DESIGN.md) and ``autodiff_xla`` (the same loop, autodiff inside one XLA function).
 
 Peak memory: with a GPU, TensorFlow's allocator peak; on a CPU, the process's resident-set
 high-water mark during the timed calls (reset through /proc/self/clear_refs after the warm-up)
@@ -44,7 +46,7 @@ from repflow_tf.benchmarks import references
 from repflow_tf.config import ModelConfig
 from repflow_tf.layers import FlowBlock, RepresentationFlow
 
-IMPLS = ("ours", "ours_graph", "autodiff_graph", "autodiff_xla")
+IMPLS = ("ours", "ours_whole", "ours_graph", "autodiff_graph", "autodiff_xla")
 CASES = ("flow_block", "rgb224", "resnet18", "memory50")
 _LEARN = ("divergence", "hyper")
 _RESULT_PREFIX = "BENCHMARK_CELL_RESULT "
@@ -195,8 +197,12 @@ def run_cell(case: str, impl: str, direction: str, settings: Settings) -> dict:
     keras.utils.set_random_seed(settings.seed)
     meter = MemoryMeter()
     record = {"case": case, "impl": impl, "direction": direction}
-    autodiff = impl.startswith("autodiff")
-    patched = references.autodiff_layers() if autodiff else contextlib.nullcontext()
+    if impl.startswith("autodiff"):
+        patched = references.autodiff_layers()
+    elif impl.endswith("_whole"):
+        patched = _whole_batch()
+    else:
+        patched = contextlib.nullcontext()
     try:
         with patched:  # the autodiff loop is patched in while the functions trace
             if case == "resnet18":
@@ -212,6 +218,16 @@ def run_cell(case: str, impl: str, direction: str, settings: Settings) -> dict:
     except Exception as error:  # noqa: BLE001 - a failing cell is a result, not a crash
         record["error"] = f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
     return record
+
+
+@contextlib.contextmanager
+def _whole_batch():
+    """Inside, flow layers traced anew iterate on the whole batch at once (no chunks)."""
+    saved, ops.CHUNK_BYTES = ops.CHUNK_BYTES, 0
+    try:
+        yield
+    finally:
+        ops.CHUNK_BYTES = saved
 
 
 def _without_memory_optimizer(fn):
@@ -246,7 +262,7 @@ def _cells(settings: Settings) -> Iterable[tuple[str, str, str, bool]]:
     """(case, impl, direction, isolated) of every cell of the run."""
     for case in settings.cases:
         if case == "resnet18":
-            for impl in ("rgb_only", "flow_block1"):
+            for impl in ("rgb_only", "flow_block1", "flow_block1_whole"):
                 yield case, impl, "train_step", False
             continue
         impls = [i for i in settings.impls if case != "memory50" or i.startswith("ours")]
@@ -302,20 +318,21 @@ def report(results: list[dict], settings: Settings) -> str:
             lines.append(f"| {impl} | {_fmt(fwd)} | {_fmt(both)} | {ratio} |")
         lines.append("")
     if "resnet18" in settings.cases:
-        rgb, flow = (
-            ms("resnet18", "rgb_only", "train_step"),
-            ms("resnet18", "flow_block1", "train_step"),
-        )
+        rgb = ms("resnet18", "rgb_only", "train_step")
         lines += [
             "**2D ResNet-18 train step** (base width 32, 4 x 8 x 112 x 112, SGD, train_on_batch)",
             "",
             "| model | ms per step | / RGB only |",
             "| --- | --- | --- |",
             f"| RGB only | {_fmt(rgb)} | 1.00x |",
-            f"| learned flow after block 1 (28 x 28) | {_fmt(flow)} | "
-            + (f"{flow / rgb:.2f}x |" if rgb and flow else "- |"),
-            "",
         ]
+        for impl, label in (("flow_block1", "chunks"), ("flow_block1_whole", "whole batch")):
+            flow = ms("resnet18", impl, "train_step")
+            ratio = f"{flow / rgb:.2f}x" if rgb and flow else "-"
+            lines.append(
+                f"| learned flow after block 1 (28 x 28), {label} | {_fmt(flow)} | {ratio} |"
+            )
+        lines.append("")
     if "memory50" in settings.cases:
         lines += [
             f"**Peak memory, FlowBlock at the paper shape, {settings.memory_iterations} "
