@@ -2,7 +2,7 @@
 budget on the synthetic motion demo, >= 2 seeds, mean ± std, next to the paper's numbers.
 
     python bin/reproduce.py                        # all RGB rows, 2 seeds, about 50 min on 2 cores
-    python bin/reproduce.py --quick                # a smaller budget, 1 seed, about 8 min
+    python bin/reproduce.py --quick                # a smoke run, 1 seed, about 10 min
     python bin/reproduce.py --dry_run              # the rows, runs and budget; trains nothing
     python bin/reproduce.py --tables=1,3 --seeds=3 --root=runs/reproduce_t13
     python bin/reproduce.py --with_two_stream      # also the flow CNN and two-stream rows (TV-L1)
@@ -26,7 +26,7 @@ from repflow_tf.config import ConfigError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("root", "runs/reproduce", "Workdirs, data and results below this folder.")
-flags.DEFINE_bool("quick", False, "The quick budget (1 seed, about 8 minutes).")
+flags.DEFINE_bool("quick", False, "The quick budget (a smoke run: 1 seed, about 10 minutes).")
 flags.DEFINE_integer(
     "seeds", None, "Seeds per row, 0 .. seeds-1 (default: 2, --quick: 1).", lower_bound=1
 )

@@ -239,7 +239,7 @@ def test_cli_dry_run_prints_the_plan_and_rejects_bad_flags(tmp_path):
     assert not os.path.exists(root)  # nothing trained, nothing written
     done = cli("--dry_run", f"--root={root}")
     assert done.returncode == 0, done.stderr
-    assert "budget `default`: 256 training / 64 validation videos, 8 epochs" in done.stdout
+    assert "budget `default`: 512 training / 64 validation videos, 6 epochs" in done.stdout
     assert "seeds [0, 1]; 28 rows, 22 distinct configs, 44 runs" in done.stdout
     assert "skipped (--with_two_stream)" in done.stdout
     assert "seeds [0]; 28 rows" in cli("--dry_run", "--quick").stdout

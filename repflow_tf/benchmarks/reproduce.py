@@ -18,40 +18,36 @@ Block 3" in the paper: our `block2`. Table 1's and Table 5's flow layers learn t
 The paper's numbers are Mini-Kinetics top-1 accuracy (%); ours are validation clip accuracy (%)
 on the synthetic data, a different task and scale: compare the order of the rows, not values.
 
-Cost model, measured once (2-core CPU shared with a CI job, so +-5 s per run is noise): each
-row trained with `trainer.steps_per_epoch=8`, 128 + 32 videos, batch 16, 8 x 56 x 56 clips, for
-one and for two epochs into fresh workdirs; the two-epoch minus the one-epoch wall time is one
-epoch (8 steps + 2 validation batches), the rest is the run's fixed cost.
+Cost model, measured once on the quiet 2-core CPU (flow layer in chunks of frame pairs, see
+`ops.CHUNK_BYTES`): one `train_on_batch` of each row's model on a batch of 16 clips of 8 x 56 x 56
+(median of 5 after a warm-up), and the fixed costs from a run's log.
 
-| row (ours) | 1 epoch | 2 epochs | per step | fixed cost |
-| --- | ---: | ---: | ---: | ---: |
-| RGB CNN | 7.4 s | 7.5 s | ~0.02 s | 7 s |
-| flow on the input, learned, 10 it. | 25.0 s | 39.1 s | 1.75 s | 11 s |
-| after the stem, learned, 10 it. | 16.3 s | 16.4 s | < 0.1 s | 16 s |
-| after block2, learned, 10 it. | 12.2 s | 13.0 s | 0.1 s | 11 s |
-| after block2, learned, 20 it. | 31.6 s | 19.7 s | 0.7 s (a) | ~12 s |
-| after block2, learned, 50 it. | 26.4 s | 40.7 s | 1.8 s | 12 s |
-| after block2, fixed, 50 it. | 20.4 s | 36.5 s | 2.0 s | 5 s |
-| after block2, FcF, learned, 10 it. | 19.4 s | 14.5 s | < 0.2 s | 15 s |
+| row (ours) | ms per step |
+| --- | ---: |
+| RGB CNN | 92 |
+| flow on the input, learned, 10 it. | 814 |
+| after the stem / block1, learned, 10 it. | 337 / 397 |
+| after block2 / block4, learned, 10 it. (block3 in between) | 154 / 118 |
+| after block2, fixed / learned, 50 it. | 277 / 389 |
+| after block2, FcF, learned, 10 it. | 212 |
 
-(a) the two runs disagree by more than the noise: interpolated between 10 and 50 iterations
-(the flow layer's backward pass through its iterations dominates; fixed parameters save little
-inside the network, where the gradient still flows through the layer to the blocks before it).
-Summed over the 22 distinct RGB configs (Tables 1, 2, 3, 5 without the optical flow baselines;
-shared rows train once), one training step of every config costs about 8.6 s (input 1.75, the
-four 50-iteration and 20-iteration runs 5.2, the other 17 about 1.6), a validation batch about a
-third of that, and the fixed costs about 22 x 12 s = 264 s per seed. So with `B` batches per
-epoch (videos / 16), `V` validation batches and `E` epochs, one seed costs
-`264 s + E x (B x 8.6 s + V x 2.9 s)` plus the data (about 0.05 s per video):
+Interpolating the rows not timed (Table 2's groups about block2's; 1, 5, 20 iterations between
+block2's 10 and 50), one training step of all 22 distinct RGB configs (Tables 1, 2, 3, 5 without
+the optical flow baselines; shared rows train once) costs about 4.8 s, a validation batch about
+a third of that. Each run also costs about 16 s to start (model, tracing, data) and 1.5 s per
+epoch (checkpoint, validation pipeline), so with `B` batches per epoch, `V` validation batches
+and `E` epochs one seed costs about `22 x 16 s + E x (22 x 1.5 s + B x 4.8 s + V x 1.6 s)`, plus
+the data (about 0.015 s per video):
 
-- default, 256 training / 64 validation videos (B = 16, V = 4), E = 8 epochs (128 steps),
-  2 seeds: 2 x (264 + 8 x (137.6 + 11.5) + 16) s = 2 x 1473 s, about 49 minutes (<= 60);
-- quick, 128 / 32 videos (B = 8, V = 2), E = 3 epochs (24 steps), 1 seed (the fixed costs alone
-  of a second seed would take 4.4 of the 10 minutes; `--seeds=2` for mean ± std):
-  264 + 3 x (68.8 + 5.8) + 8 s = 496 s, about 8 minutes (<= 10);
+- default, 512 training / 64 validation videos (B = 32, V = 4), E = 6 epochs (192 steps; the
+  demo's learned block leaves chance after 64 and reaches 88% after 192), 2 seeds:
+  2 x (352 + 6 x (33 + 154 + 6)) s = 2 x 1510 s, about 50 minutes (<= 60);
+- quick, 128 / 32 videos (B = 8, V = 2), E = 3 epochs (24 steps: a smoke run, every row is still
+  at chance), 1 seed (the start-up costs alone of a second seed would take 6 of the 10 minutes;
+  `--seeds=2` for mean ± std): 352 + 3 x (33 + 38 + 3) s = 574 s, about 10 minutes (<= 10);
 - `--with_two_stream` adds the flow CNN and two-stream rows (per step about the RGB CNN's and
   twice it) and, once, their TV-L1 data: about 0.85 s per video on 2 cores (the demo's 640
-  videos took 9 minutes), 320 videos (default) about 4.5 minutes, 160 (quick) about 2.3.
+  videos took 9 minutes), 576 videos (default) about 8 minutes, 160 (quick) about 2.3.
 """
 
 from __future__ import annotations
@@ -225,8 +221,8 @@ class Budget:
 
 
 BUDGETS = {
-    "default": Budget("default", 256, 64, 8, seeds=2, estimate_minutes=49),
-    "quick": Budget("quick", 128, 32, 3, seeds=1, estimate_minutes=8),
+    "default": Budget("default", 512, 64, 6, seeds=2, estimate_minutes=50),
+    "quick": Budget("quick", 128, 32, 3, seeds=1, estimate_minutes=10),
 }
 
 
