@@ -88,9 +88,6 @@ def _layer_steps(case, impl, num_iter, seed):
     x = _moving_features(shape, seed) * (255.0 if case == "rgb224" else 1.0)
     layer = _flow_layer(case, impl, num_iter)
     layer(x)
-    if isinstance(layer, FlowBlock):
-        # Open the identity-initialised block so the gradient reaches the flow parameters.
-        layer.norm.gamma.assign(tf.ones_like(layer.norm.gamma))
 
     def forward():
         return layer(x, training=True) if isinstance(layer, FlowBlock) else layer(x)
