@@ -488,8 +488,11 @@ def _forward(frame1, frame2, kernels, theta, lambda_, tau, *, num_iter, interval
 # 28 x 28 x 32, from the optimised HLO), far more than the 32 MB L3 cache holds. Frame pairs are
 # independent, so the forward and the backward run over chunks of pairs whose frame-batch tensors
 # are at most this size: the reverse iteration's ~40 live tensors then stay in the cache. (At the
-# paper shape, 30 pairs in one piece vs chunks of 5: fwd+bwd 1210 vs 748 ms; see the README.)
+# paper shape, 30 pairs in one piece vs chunks of 5: fwd+bwd 1220 vs 659 ms; see the README.)
 CHUNK_BYTES = 512 * 1024
+# What `tvl1_iterate(chunk_bytes=None)` uses: the whole batch for now, since the TFLite and ONNX
+# exports do not convert the chunked (tf.map_fn) graph yet; CHUNK_BYTES trains faster on a CPU.
+DEFAULT_CHUNK_BYTES = 0
 
 
 def _chunk_pairs(frame, chunk_bytes):
@@ -864,8 +867,8 @@ def tvl1_iterate(
     GPU); with False they are plain graph functions (no must-compile function anywhere).
     `chunk_bytes` > 0 runs both over chunks of frame pairs whose frame-batch tensors hold at
     most that many bytes (at least one pair), so that an iteration's tensors stay in the CPU's
-    cache; 0 runs the whole batch at once; the default (None) is CHUNK_BYTES when no GPU is
-    visible, else 0 (a GPU wants the whole batch at once). The result is the same.
+    cache (`CHUNK_BYTES` is the measured best on a 2-core CPU); 0 runs the whole batch at once
+    (what a GPU wants); None is DEFAULT_CHUNK_BYTES (0 for now). The result is the same.
 
     >>> import numpy as np
     >>> kx, ky = image_gradient_kernels("sobel", 1)
@@ -901,9 +904,7 @@ def tvl1_iterate(
     channels = inputs[0].shape[-1]
     kernel_shapes = tuple(tuple(kernel.shape.as_list()) for kernel in inputs[2:8])
     if chunk_bytes is None:
-        # Off by default for now: the TFLite and ONNX export tests fail with the chunked
-        # (tf.map_fn) graph; pass chunk_bytes=CHUNK_BYTES to train faster on a CPU.
-        chunk_bytes = 0
+        chunk_bytes = DEFAULT_CHUNK_BYTES
     _check_non_negative_int("chunk_bytes", chunk_bytes)
     op = _iteration_op(
         int(num_iter),

@@ -13,8 +13,9 @@ trainable variable; median of `repeats` timed calls after one warm-up call):
   each in a fresh process.
 
 Implementations: ``ours`` (the hand-written gradient, XLA-compiled, over chunks of frame pairs
-sized for the CPU's cache: `ops.CHUNK_BYTES`), ``ours_whole`` (the same on the whole batch at
-once, as on a GPU), ``ours_graph`` (``ours`` with ``jit_compile=False``), ``autodiff_graph``
+sized for the CPU's cache: `ops.CHUNK_BYTES`, opt-in for now), ``ours_whole`` (the same on the
+whole batch at once: today's default, and what a GPU wants), ``ours_graph`` (``ours`` with
+``jit_compile=False``), ``autodiff_graph``
 (TensorFlow's autodiff through the plain while loop, `references.autodiff_iterate`, in
 `tf.function` without XLA; grappler's memory optimizer is off for it, since with it on the fit
 crashes, see DESIGN.md) and ``autodiff_xla`` (the same loop, autodiff inside one XLA function).
@@ -196,10 +197,8 @@ def run_cell(case: str, impl: str, direction: str, settings: Settings) -> dict:
     record = {"case": case, "impl": impl, "direction": direction}
     if impl.startswith("autodiff"):
         patched = references.autodiff_layers()
-    elif impl.endswith("_whole"):
-        patched = _whole_batch()
     else:
-        patched = contextlib.nullcontext()
+        patched = _chunk_bytes(0 if impl.endswith("_whole") else ops.CHUNK_BYTES)
     try:
         with patched:  # the autodiff loop is patched in while the functions trace
             if case == "resnet18":
@@ -218,13 +217,13 @@ def run_cell(case: str, impl: str, direction: str, settings: Settings) -> dict:
 
 
 @contextlib.contextmanager
-def _whole_batch():
-    """Inside, flow layers traced anew iterate on the whole batch at once (no chunks)."""
-    saved, ops.CHUNK_BYTES = ops.CHUNK_BYTES, 0
+def _chunk_bytes(chunk_bytes: int):
+    """Inside, flow layers traced anew iterate in chunks of `chunk_bytes` (0: whole batch)."""
+    saved, ops.DEFAULT_CHUNK_BYTES = ops.DEFAULT_CHUNK_BYTES, chunk_bytes
     try:
         yield
     finally:
-        ops.CHUNK_BYTES = saved
+        ops.DEFAULT_CHUNK_BYTES = saved
 
 
 def _without_memory_optimizer(fn):
