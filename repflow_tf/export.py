@@ -39,7 +39,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from repflow_tf import data
+from repflow_tf import data, ops
 from repflow_tf.data.optical_flow import LEVELS as FLOW_LEVELS
 from repflow_tf.evaluation import TOP_K
 from repflow_tf.fileio import atomic_directory, write_atomic, write_json_atomic
@@ -228,10 +228,9 @@ def export_model(
     """
     _check_output(output_dir, overwrite)
     specs = _input_specs(model, class_names, preprocessing)
-    archive = _archive(model, class_names, preprocessing, specs)
     output_dir = os.path.normpath(output_dir)
     with atomic_directory(output_dir) as temporary:
-        archive.write_out(temporary, verbose=False)
+        write_archive(model, class_names, preprocessing, specs, temporary)
         write_assets(os.path.join(temporary, ASSETS_DIR), class_names, preprocessing)
         _check_output(output_dir, overwrite)  # again: it may have appeared meanwhile
     return output_dir
@@ -277,6 +276,14 @@ def _input_specs(model: keras.Model, class_names: Sequence[str], pre: Preprocess
             f"need {num_outputs} non-empty one-line class names, got {len(class_names)}"
         )
     return specs
+
+
+def write_archive(model, class_names, preprocessing: Preprocessing, specs: list, path: str):
+    """Writes the SavedModel of `_archive` to `path`. Its flow layers iterate over the whole
+    batch at once: the chunked graph (`ops.CHUNK_BYTES`) is a CPU training speed-up that the
+    TFLite and ONNX converters do not take, and an export may run anywhere."""
+    with ops.default_chunk_bytes(0):
+        _archive(model, class_names, preprocessing, specs).write_out(path, verbose=False)
 
 
 def _archive(model, class_names, preprocessing: Preprocessing, specs: list):

@@ -47,11 +47,11 @@ from repflow_tf.export import (
     ExportedModel,
     ExportError,
     Preprocessing,
-    _archive,
     _check_output,
     _input_specs,
     _serving_function,
     read_assets,
+    write_archive,
     write_assets,
 )
 from repflow_tf.fileio import atomic_directory, write_atomic
@@ -107,7 +107,7 @@ def export_converted(
         os.makedirs(temporary)
         saved_model = os.path.join(temporary, "saved_model")
         with plain_graph_flow(model):
-            _archive(model, class_names, preprocessing, specs).write_out(saved_model, verbose=False)
+            write_archive(model, class_names, preprocessing, specs, saved_model)
         model_path = os.path.join(temporary, MODEL_FILES[format])
         write_atomic(model_path, _convert(format, saved_model))
         shutil.rmtree(saved_model)

@@ -490,9 +490,36 @@ def _forward(frame1, frame2, kernels, theta, lambda_, tau, *, num_iter, interval
 # are at most this size: the reverse iteration's ~40 live tensors then stay in the cache. (At the
 # paper shape, 30 pairs in one piece vs chunks of 5: fwd+bwd 1220 vs 659 ms; see the README.)
 CHUNK_BYTES = 512 * 1024
-# What `tvl1_iterate(chunk_bytes=None)` uses: the whole batch for now, since the TFLite and ONNX
-# exports do not convert the chunked (tf.map_fn) graph yet; CHUNK_BYTES trains faster on a CPU.
-DEFAULT_CHUNK_BYTES = 0
+# What `tvl1_iterate(chunk_bytes=None)` uses; None: CHUNK_BYTES where no GPU is visible, else 0
+# (a GPU wants the whole batch at once). Set it (or use `default_chunk_bytes`) before tracing.
+DEFAULT_CHUNK_BYTES: int | None = None
+
+
+def resolved_chunk_bytes(chunk_bytes: int | None = None) -> int:
+    """The chunk size `tvl1_iterate` uses for `chunk_bytes` (None: the default, see above)."""
+    if chunk_bytes is None:
+        chunk_bytes = DEFAULT_CHUNK_BYTES
+    if chunk_bytes is None:
+        return 0 if tf.config.list_logical_devices("GPU") else CHUNK_BYTES
+    _check_non_negative_int("chunk_bytes", chunk_bytes)
+    return int(chunk_bytes)
+
+
+@contextlib.contextmanager
+def default_chunk_bytes(chunk_bytes: int | None):
+    """Within, flow iterations traced anew use `chunk_bytes` by default (0: the whole batch, as
+    exports do: the TFLite and ONNX converters do not take the chunked tf.map_fn graph).
+
+    >>> with default_chunk_bytes(0):
+    ...     resolved_chunk_bytes()
+    0
+    """
+    global DEFAULT_CHUNK_BYTES
+    saved, DEFAULT_CHUNK_BYTES = DEFAULT_CHUNK_BYTES, chunk_bytes
+    try:
+        yield
+    finally:
+        DEFAULT_CHUNK_BYTES = saved
 
 
 def _chunk_pairs(frame, chunk_bytes):
@@ -868,7 +895,8 @@ def tvl1_iterate(
     `chunk_bytes` > 0 runs both over chunks of frame pairs whose frame-batch tensors hold at
     most that many bytes (at least one pair), so that an iteration's tensors stay in the CPU's
     cache (`CHUNK_BYTES` is the measured best on a 2-core CPU); 0 runs the whole batch at once
-    (what a GPU wants); None is DEFAULT_CHUNK_BYTES (0 for now). The result is the same.
+    (what a GPU wants); None is `resolved_chunk_bytes()` (chunks where no GPU is visible, the
+    whole batch with a GPU, unless DEFAULT_CHUNK_BYTES says otherwise). The result is the same.
 
     >>> import numpy as np
     >>> kx, ky = image_gradient_kernels("sobel", 1)
@@ -903,9 +931,7 @@ def tvl1_iterate(
     inputs = [tf.cast(value, dtype) for value in inputs]
     channels = inputs[0].shape[-1]
     kernel_shapes = tuple(tuple(kernel.shape.as_list()) for kernel in inputs[2:8])
-    if chunk_bytes is None:
-        chunk_bytes = DEFAULT_CHUNK_BYTES
-    _check_non_negative_int("chunk_bytes", chunk_bytes)
+    chunk_bytes = resolved_chunk_bytes(chunk_bytes)
     op = _iteration_op(
         int(num_iter),
         int(interval),

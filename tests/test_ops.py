@@ -553,6 +553,26 @@ def test_bad_chunk_bytes(chunk_bytes):
         _iterate(ops.tvl1_iterate, _hard_inputs(), 3, chunk_bytes=chunk_bytes)
 
 
+@pytest.mark.parametrize(
+    ("gpus", "setting", "expected"),
+    [([], None, ops.CHUNK_BYTES), (["/device:GPU:0"], None, 0), ([], 0, 0), (["GPU"], 4096, 4096)],
+)
+def test_the_default_chunk_size_follows_the_visible_devices(monkeypatch, gpus, setting, expected):
+    """Chunks by default where only a CPU runs; the whole batch with a GPU; a setting wins."""
+    monkeypatch.setattr(
+        tf.config, "list_logical_devices", lambda kind=None: gpus if kind == "GPU" else []
+    )
+    used = []
+    monkeypatch.setattr(
+        ops, "_iteration_op", lambda *args: used.append(args[4]) or (lambda *inputs: inputs[:2])
+    )
+    with ops.default_chunk_bytes(setting):
+        assert ops.resolved_chunk_bytes() == expected
+        _iterate(ops.tvl1_iterate, _hard_inputs(), 3)
+    assert used == [expected]
+    assert ops.DEFAULT_CHUNK_BYTES is None  # restored
+
+
 def test_frozen_groups_get_zero_gradients_and_the_others_are_unchanged():
     inputs = _hard_inputs()
     weights = tf.constant(np.random.default_rng(4).normal(size=(2, *inputs[0].shape)))

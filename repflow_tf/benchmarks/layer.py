@@ -27,7 +27,6 @@ minus the resident set before the cell built its model and input.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -198,7 +197,7 @@ def run_cell(case: str, impl: str, direction: str, settings: Settings) -> dict:
     if impl.startswith("autodiff"):
         patched = references.autodiff_layers()
     else:
-        patched = _chunk_bytes(0 if impl.endswith("_whole") else ops.CHUNK_BYTES)
+        patched = ops.default_chunk_bytes(0 if impl.endswith("_whole") else ops.CHUNK_BYTES)
     try:
         with patched:  # the autodiff loop is patched in while the functions trace
             if case == "resnet18":
@@ -214,16 +213,6 @@ def run_cell(case: str, impl: str, direction: str, settings: Settings) -> dict:
     except Exception as error:  # noqa: BLE001 - a failing cell is a result, not a crash
         record["error"] = f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
     return record
-
-
-@contextlib.contextmanager
-def _chunk_bytes(chunk_bytes: int):
-    """Inside, flow layers traced anew iterate in chunks of `chunk_bytes` (0: whole batch)."""
-    saved, ops.DEFAULT_CHUNK_BYTES = ops.DEFAULT_CHUNK_BYTES, chunk_bytes
-    try:
-        yield
-    finally:
-        ops.DEFAULT_CHUNK_BYTES = saved
 
 
 def _without_memory_optimizer(fn):
