@@ -10,11 +10,12 @@ See `repflow_tf.benchmarks.layer` for what each cell measures.
 from __future__ import annotations
 
 import dataclasses
-import os
 
 from absl import app, flags
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from repflow_tf.startup import import_tensorflow
+
+import_tensorflow()  # quietly, before the benchmark module imports it: the first line is ours
 
 from repflow_tf.benchmarks import layer  # noqa: E402
 from repflow_tf.cli import fail, parse_flags  # noqa: E402
