@@ -838,6 +838,10 @@ def _iteration_op(
         )
         for fn, spec in signatures.items()
     )
+    for function in (forward_fn, inference_fn, backward_fn):
+        # TensorFlow counts traces per code object, so every configuration's first (and only)
+        # trace would count as a retrace of the last one's and warn after five.
+        function._omit_frequent_tracing_warning = True
 
     def differentiable(store_checkpoints):
         @tf.custom_gradient

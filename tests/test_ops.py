@@ -7,6 +7,8 @@ View the printed end-point-error table (ours vs skimage) with:
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import reference_flow
@@ -600,6 +602,19 @@ def test_traced_once_for_any_batch_and_frame_size():
         assert tape.gradient(u_x, frames).shape == shape
     traced = {key: ops.TRACE_COUNTS[key] - before.get(key, 0) for key in ("forward", "backward")}
     assert traced == {"forward": 1, "backward": 1}
+
+
+def test_many_configurations_trace_once_each_without_a_retracing_warning(caplog):
+    """TensorFlow's frequent-retracing warning keys on the code object, which every
+    configuration's functions share: seven configurations, one trace each, no warning."""
+    frames = tf.constant(np.random.default_rng(0).uniform(0, 255, (1, 5, 6, 2)), tf.float32)
+    before = ops.TRACE_COUNTS["inference"]
+    with caplog.at_level(logging.WARNING):
+        for num_iter in range(31, 38):
+            for _ in range(2):
+                _default_iterate(frames, frames[::-1], num_iter)
+    assert ops.TRACE_COUNTS["inference"] - before == 7
+    assert "retracing" not in caplog.text
 
 
 @pytest.mark.parametrize("checkpoint_every", [0, -2, 2.5, True])

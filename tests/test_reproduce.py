@@ -4,6 +4,7 @@ interrupted one continues from its finished runs."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -162,11 +163,24 @@ def test_an_interrupted_reproduction_continues_from_the_finished_runs(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         reproduce.run(the_plan, train=killed_on_the_second_run, log=open(os.devnull, "w"))
     # The table so far was written after the first run.
-    assert "| Flow-of-flow | 51.0 ± 0.0 (n=1) | 47.2 |" in "".join(_table_lines(tmp_path))
+    assert "| Flow-of-flow | 51.0 (n=1) | 47.2 |" in "".join(_table_lines(tmp_path))
     assert "| Flow-conv-flow (FcF) | — | 62.3 |" in "".join(_table_lines(tmp_path))
-    results = reproduce.run(the_plan, train=fake, log=open(os.devnull, "w"))
+    log = io.StringIO()
+    results = reproduce.run(the_plan, train=fake, log=log)
     assert [os.path.basename(os.path.dirname(c)) for c in calls] == ["t5_fof", "t5_fcf"]
     assert [row["n"] for row in results["rows"]] == [1, 1]
+    # The ETA counts only the runs still to train (a reused run takes no time).
+    progress = log.getvalue().splitlines()
+    assert progress[0].endswith("(reused); 1 runs left (1 to train), ETA ?"), progress[0]
+    assert progress[1].endswith("; 0 runs left (0 to train), ETA 0.0 min"), progress[1]
+    # A finished run after the one training is not counted either.
+    os.remove(os.path.join(the_plan.workdir("t5_fof", 0), SUMMARY_FILE))
+    log = io.StringIO()
+    reproduce.run(the_plan, train=fake, log=log)
+    first = log.getvalue().splitlines()[0]
+    assert first.startswith("[1/2] t5_fof seed 0") and first.endswith(
+        "; 1 runs left (0 to train), ETA 0.0 min"
+    ), first
 
 
 def _table_lines(root) -> list[str]:
@@ -201,7 +215,7 @@ def test_tiny_reproduction_end_to_end_then_resume_trains_nothing(tmp_path, monke
     assert fixed[0] == "| Not learned, 1 it." and fixed[2] == "46.7"
     assert learned[0] == "| Learned, 1 it." and learned[2] == "49.5"
     for cells, row in zip((fixed, learned), results["rows"], strict=True):
-        assert cells[1] == f"{row['mean']:.1f} ± 0.0 (n=1)"
+        assert cells[1] == f"{row['mean']:.1f} (n=1)"
         assert 0 <= row["mean"] <= 100
     with open(os.path.join(root, reproduce.RESULTS_MD)) as file:
         text = file.read()

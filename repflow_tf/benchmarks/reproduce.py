@@ -350,7 +350,12 @@ def run(
         train = _train_logged
     runs = [(run_id, seed) for seed in the_plan.seeds for run_id in the_plan.runs]
     outcomes: dict[str, dict[int, dict[str, Any]]] = {run_id: {} for run_id in the_plan.runs}
-    start, trained_seconds, trained = time.monotonic(), 0.0, 0
+    start, run_seconds = time.monotonic(), []
+    # What the ETA counts: runs still to train (finished ones are read back in no time).
+    to_train = sum(
+        read_finished(the_plan.workdir(run_id, seed), the_plan.runs[run_id].trainer.epochs) is None
+        for run_id, seed in runs
+    )
     for index, (run_id, seed) in enumerate(runs):
         config = the_plan.runs[run_id]
         config = dataclasses.replace(config, runtime=dataclasses.replace(config.runtime, seed=seed))
@@ -363,20 +368,25 @@ def run(
             summary = read_finished(workdir, config.trainer.epochs)
             if summary is None:
                 raise RuntimeError(f"{workdir}: training ended without a complete summary.json")
-            trained_seconds += time.monotonic() - began
-            trained += 1
+            run_seconds.append(time.monotonic() - began)
         outcomes[run_id][seed] = {
             "val_accuracy": float(summary["val_accuracy"]),
             "wall_time_s": float(summary.get("wall_time_s", 0.0)),
             "reused": reused,
         }
-        left = len(runs) - index - 1
-        eta = f"ETA {left * trained_seconds / trained / 60:.1f} min" if trained else "ETA ?"
+        left, left_to_train = len(runs) - index - 1, to_train - len(run_seconds)
+        # The median: a run that first converts the data (the TV-L1 rows) is no typical run.
+        if not left_to_train:
+            eta = "ETA 0.0 min"
+        elif run_seconds:
+            eta = f"ETA {left_to_train * statistics.median(run_seconds) / 60:.1f} min"
+        else:
+            eta = "ETA ?"
         took = "reused" if reused else f"{time.monotonic() - began:.0f} s"
         print(
             f"[{index + 1}/{len(runs)}] {run_id} seed {seed}: val acc "
-            f"{100 * outcomes[run_id][seed]['val_accuracy']:.1f}% ({took}); {left} runs left, "
-            f"{eta}",
+            f"{100 * outcomes[run_id][seed]['val_accuracy']:.1f}% ({took}); {left} runs left "
+            f"({left_to_train} to train), {eta}",
             file=log,
             flush=True,
         )
@@ -385,7 +395,8 @@ def run(
     results = aggregate(the_plan, outcomes, time.monotonic() - start)
     write_results(the_plan.root, results)
     print(
-        f"done: {len(runs)} runs ({trained} trained, {len(runs) - trained} reused) in "
+        f"done: {len(runs)} runs ({len(run_seconds)} trained, {len(runs) - len(run_seconds)} "
+        "reused) in "
         f"{(time.monotonic() - start) / 60:.1f} min; "
         f"{os.path.join(the_plan.root, RESULTS_MD)}, {RESULTS_PNG}, {RESULTS_JSON}",
         file=log,
@@ -422,7 +433,8 @@ def aggregate(
                 "skipped": planned.skipped,
                 "accuracies": accuracies,
                 "mean": statistics.fmean(accuracies) if accuracies else None,
-                "std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
+                # A sample standard deviation needs two seeds: none rather than a false 0.
+                "std": statistics.stdev(accuracies) if len(accuracies) > 1 else None,
                 "n": len(accuracies),
                 "wall_time_s": sum(seeds[seed]["wall_time_s"] for seed in seeds),
             }
@@ -445,15 +457,20 @@ def _distinct(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def format_accuracy(row: dict[str, Any]) -> str:
-    """`"83.1 ± 2.0 (n=2)"`, the skip reason, or `"—"` before the first seed finished.
+    """`"83.1 ± 2.0 (n=2)"`, `"83.1 (n=1)"` (no std from one seed), the skip reason, or `"—"`
+    before the first seed finished.
 
     >>> format_accuracy({"skipped": "", "mean": 83.125, "std": 2.0, "n": 2})
     '83.1 ± 2.0 (n=2)'
+    >>> format_accuracy({"skipped": "", "mean": 83.125, "std": None, "n": 1})
+    '83.1 (n=1)'
     """
     if row["skipped"]:
         return row["skipped"]
     if row["mean"] is None:
         return "—"
+    if row["std"] is None:
+        return f"{row['mean']:.1f} (n={row['n']})"
     return f"{row['mean']:.1f} ± {row['std']:.1f} (n={row['n']})"
 
 
@@ -565,7 +582,7 @@ def _panel(
             axes.errorbar(
                 [x for x, _ in ours],
                 [row["mean"] for _, row in ours],
-                yerr=[row["std"] for _, row in ours],
+                yerr=[row["std"] or 0.0 for _, row in ours],
                 marker="o",
                 capsize=3,
                 color=colours[kind],
