@@ -351,16 +351,19 @@ def run(
     runs = [(run_id, seed) for seed in the_plan.seeds for run_id in the_plan.runs]
     outcomes: dict[str, dict[int, dict[str, Any]]] = {run_id: {} for run_id in the_plan.runs}
     start, run_seconds = time.monotonic(), []
-    # What the ETA counts: runs still to train (finished ones are read back in no time).
-    to_train = sum(
-        read_finished(the_plan.workdir(run_id, seed), the_plan.runs[run_id].trainer.epochs) is None
+    finished = {
+        (run_id, seed): read_finished(
+            the_plan.workdir(run_id, seed), the_plan.runs[run_id].trainer.epochs
+        )
         for run_id, seed in runs
-    )
+    }
+    # What the ETA counts: runs still to train (finished ones are read back in no time).
+    to_train = sum(summary is None for summary in finished.values())
     for index, (run_id, seed) in enumerate(runs):
         config = the_plan.runs[run_id]
         config = dataclasses.replace(config, runtime=dataclasses.replace(config.runtime, seed=seed))
         workdir = the_plan.workdir(run_id, seed)
-        summary = read_finished(workdir, config.trainer.epochs)
+        summary = finished[run_id, seed]
         reused = summary is not None
         began = time.monotonic()
         if not reused:
