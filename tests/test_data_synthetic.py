@@ -155,6 +155,15 @@ def test_make_synthetic_dataset_end_to_end(tmp_path):
         make_synthetic_dataset(str(tmp_path), num_classes=3)
 
 
+def test_tvl1_data_is_cut_into_smaller_shards_so_a_small_split_uses_every_core(tmp_path):
+    shapes = {"num_train": 0, "num_val": 20, "num_frames": 2, "size": 16, "log": None}
+    rgb = make_synthetic_dataset(str(tmp_path / "rgb"), **shapes)
+    flow = make_synthetic_dataset(str(tmp_path / "flow"), optical_flow="tvl1", **shapes)
+    assert [s.num_records for s in load_manifest(rgb["val"]).shards] == [20]
+    assert [s.num_records for s in load_manifest(flow["val"]).shards] == [16, 4]
+    assert load_manifest(flow["val"]).options["optical_flow"] == "tvl1"
+
+
 def test_a_dataset_of_another_variant_is_refused_not_mixed_in(tmp_path):
     make_synthetic_dataset(str(tmp_path), num_train=8, num_val=0, num_frames=4, size=32, log=None)
     listed = sorted(os.listdir(tmp_path / "videos" / "train"))
