@@ -758,32 +758,43 @@ def _grappler_options(jit_compile):
 TRACE_COUNTS: collections.Counter = collections.Counter()
 
 
-@functools.cache
-def _iteration_op(
-    num_iter, interval, learn, jit_compile, chunk_bytes, dtype, channels, kernel_shapes
-):
-    """The iteration as a differentiable op: a forward and a hand-written backward function.
-
-    One pair of tf.functions per configuration, each traced once for any batch / frame size
-    (the signature leaves N, H, W unknown; XLA still compiles per concrete shape). With
-    `chunk_bytes` > 0 both run over chunks of frame pairs (`_chunked_forward`).
-    """
-    chunked = chunk_bytes > 0
-    if chunked:
-        run_forward = functools.partial(_chunked_forward, chunk_bytes=chunk_bytes)
-        run_backward = functools.partial(_chunked_backward, chunk_bytes=chunk_bytes)
-    else:
-        run_forward, run_backward = _forward, _backward
+def _signature(dtype, channels, kernel_shapes):
+    """The iteration's inputs with N, H, W unknown: frames, six kernels, θ, λ, τ."""
     frames = tf.TensorSpec([None, None, None, channels], dtype)
     scalar = tf.TensorSpec([], dtype)
-    signature = [
-        frames,
-        frames,
-        *(tf.TensorSpec(shape, dtype) for shape in kernel_shapes),
-        scalar,
-        scalar,
-        scalar,
-    ]
+    kernels = (tf.TensorSpec(shape, dtype) for shape in kernel_shapes)
+    return [frames, frames, *kernels, scalar, scalar, scalar]
+
+
+def _graph_function(fn, signature, jit_compile):
+    # Outside XLA each function stays a separate call (not inlined into the caller's graph), so
+    # that it runs with the call options of _grappler_options, whatever the caller's graph is.
+    function = tf.function(
+        fn,
+        input_signature=signature,
+        jit_compile=jit_compile,
+        autograph=False,
+        experimental_attributes=None if jit_compile else {"_noinline": True},
+    )
+    # TensorFlow counts traces per code object, so every configuration's first (and only)
+    # trace would count as a retrace of the last one's and warn after five.
+    function._omit_frequent_tracing_warning = True
+    return function
+
+
+@functools.cache
+def _forward_functions(
+    num_iter, interval, jit_compile, chunk_bytes, dtype, channels, kernel_shapes
+):
+    """The forward (returning the checkpoints too) and the inference-only forward.
+
+    Keyed without the learned groups, which only the backward reads: layers that learn
+    different groups (the ablations of Table 2 and 3) share one trace and, per shape, one XLA
+    executable of each.
+    """
+    run_forward = (
+        functools.partial(_chunked_forward, chunk_bytes=chunk_bytes) if chunk_bytes else _forward
+    )
 
     def forward(frame1, frame2, *rest):
         TRACE_COUNTS["forward"] += 1
@@ -801,6 +812,19 @@ def _iteration_op(
         )
         return outputs[:2]
 
+    signature = _signature(dtype, channels, kernel_shapes)
+    return tuple(_graph_function(fn, signature, jit_compile) for fn in (forward, inference))
+
+
+@functools.cache
+def _backward_function(
+    num_iter, interval, learn, jit_compile, chunk_bytes, dtype, channels, kernel_shapes
+):
+    """The hand-written reverse pass from the forward's inputs, checkpoints and output adjoints."""
+    run_backward = (
+        functools.partial(_chunked_backward, chunk_bytes=chunk_bytes) if chunk_bytes else _backward
+    )
+
     def backward(*args):
         TRACE_COUNTS["backward"] += 1
         inputs, checkpoints = args[:11], args[11 : 11 + _STATE_SIZE]
@@ -815,31 +839,30 @@ def _iteration_op(
             learn=learn,
         )
 
-    checkpoint_shape = [None, 2, None, None, None, channels]
+    signature = _signature(dtype, channels, kernel_shapes)
+    frames = signature[0]
     # Chunked checkpoints carry a leading chunk axis.
-    checkpoint_spec = tf.TensorSpec([None] * chunked + checkpoint_shape, dtype)
-    signatures = {
-        forward: signature,
-        inference: signature,
-        backward: [*signature, *(checkpoint_spec,) * _STATE_SIZE, frames, frames],
-    }
-    # Outside XLA each function stays a separate call (not inlined into the caller's graph), so
-    # that it runs with the call options of _grappler_options, whatever the caller's graph is.
-    attributes = None if jit_compile else {"_noinline": True}
-    forward_fn, inference_fn, backward_fn = (
-        tf.function(
-            fn,
-            input_signature=spec,
-            jit_compile=jit_compile,
-            autograph=False,
-            experimental_attributes=attributes,
-        )
-        for fn, spec in signatures.items()
+    checkpoint_spec = tf.TensorSpec(
+        [None] * bool(chunk_bytes) + [None, 2, None, None, None, channels], dtype
     )
-    for function in (forward_fn, inference_fn, backward_fn):
-        # TensorFlow counts traces per code object, so every configuration's first (and only)
-        # trace would count as a retrace of the last one's and warn after five.
-        function._omit_frequent_tracing_warning = True
+    return _graph_function(
+        backward, [*signature, *(checkpoint_spec,) * _STATE_SIZE, frames, frames], jit_compile
+    )
+
+
+@functools.cache
+def _iteration_op(
+    num_iter, interval, learn, jit_compile, chunk_bytes, dtype, channels, kernel_shapes
+):
+    """The iteration as a differentiable op: a forward and a hand-written backward function.
+
+    Each traced once for any batch / frame size (the signature leaves N, H, W unknown; XLA
+    still compiles per concrete shape). With `chunk_bytes` > 0 both run over chunks of frame
+    pairs (`_chunked_forward`).
+    """
+    shared = (jit_compile, chunk_bytes, dtype, channels, kernel_shapes)
+    forward_fn, inference_fn = _forward_functions(num_iter, interval, *shared)
+    backward_fn = _backward_function(num_iter, interval, learn, *shared)
 
     def differentiable(store_checkpoints):
         @tf.custom_gradient

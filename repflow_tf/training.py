@@ -689,18 +689,13 @@ def _write_run_files(config: ExperimentConfig, workdir: str, class_names) -> Non
 def _chief_callbacks(config, workdir, state, model, parts, splits, log) -> list:
     """Progress lines and TensorBoard (with the flow images of one fixed validation clip)."""
     trainer = config.trainer
-    val_clip, _ = next(
-        iter(clip_dataset(splits["val"], config, training=False, seed=None, batch_size=1))
-    )
     return [
         ProgressLogger(state, trainer.log_every_steps, log),
         TensorBoardLogger(
             os.path.join(workdir, LOGS_DIR),
             state,
             stepping_optimizers(model, parts),
-            # The flow layer's images; a model reading optical flow takes a dict, and its
-            # RGB stream has no flow layer.
-            flow_clip=val_clip[0] if config.model.inputs == "rgb" else None,
+            flow_clip=_flow_image_clip(config, splits),
             images_every=trainer.flow_images_every_epochs,
             histograms_every=trainer.histograms_every_epochs,
             batch_every=trainer.log_every_steps,
@@ -708,6 +703,17 @@ def _chief_callbacks(config, workdir, state, model, parts, splits, log) -> list:
             trial_id=os.path.basename(os.path.normpath(workdir)),
         ),
     ]
+
+
+def _flow_image_clip(config: ExperimentConfig, splits: dict) -> tf.Tensor | None:
+    """The fixed validation clip of the flow images; None (nothing read) when there are none."""
+    # A model reading optical flow takes a dict, and its RGB stream has no flow layer.
+    if config.model.inputs != "rgb" or config.trainer.flow_images_every_epochs < 1:
+        return None
+    val_clip, _ = next(
+        iter(clip_dataset(splits["val"], config, training=False, seed=None, batch_size=1))
+    )
+    return val_clip[0]
 
 
 def _write_summary(workdir: str, summary: dict, logs: dict, log: TextIO) -> None:

@@ -604,6 +604,18 @@ def test_traced_once_for_any_batch_and_frame_size():
     assert traced == {"forward": 1, "backward": 1}
 
 
+def test_learned_groups_share_the_forward_and_each_get_their_own_backward():
+    """The forward does not read `learn`: the ablations' layers (same shape and iterations,
+    different learned groups) share its one trace; each set of groups traces its backward."""
+    inputs = _hard_inputs(seed=8)
+    weights = tf.constant(np.random.default_rng(8).normal(size=(2, *inputs[0].shape)))
+    before = dict(ops.TRACE_COUNTS)
+    for learn in [("divergence",), ("hyper",), ("divergence",)]:
+        _gradients(ops.tvl1_iterate, inputs, weights, 13, learn=learn)
+    traced = {key: ops.TRACE_COUNTS[key] - before.get(key, 0) for key in ("forward", "backward")}
+    assert traced == {"forward": 1, "backward": 2}
+
+
 def test_many_configurations_trace_once_each_without_a_retracing_warning(caplog):
     """TensorFlow's frequent-retracing warning keys on the code object, which every
     configuration's functions share: seven configurations, one trace each, no warning."""

@@ -489,6 +489,22 @@ def _get(url: str, body: bytes | None = None):
     )
 
 
+def test_the_flow_image_clip_is_read_only_when_flow_images_are_logged(data_root, monkeypatch):
+    """Every run read one validation clip for the flow images (a pipeline start, ~1 s), even
+    with them off: the reproduction turns them off and starts 22 runs."""
+    config = load_config(DEMO, tiny_overrides(data_root))
+    splits = training.prepare_data(config)
+    clip = training._flow_image_clip(config, splits)
+    assert clip.shape == (4, 32, 32, 3)  # one clip: T x crop x crop x RGB
+    monkeypatch.setattr(training, "clip_dataset", lambda *args, **kwargs: pytest.fail("read"))
+    for off in [
+        ["trainer.flow_images_every_epochs=0"],
+        ['model.inputs="optical_flow"', 'model.flow_position="none"'],
+    ]:
+        config = load_config(DEMO, tiny_overrides(data_root, *off))
+        assert training._flow_image_clip(config, splits) is None, off
+
+
 @pytest.mark.slow
 def test_tensorboard_serves_scalars_flow_images_and_hparams(trained_workdir):
     with socket.socket() as s:
