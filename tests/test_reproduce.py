@@ -247,7 +247,7 @@ def test_cli_dry_run_prints_the_plan_and_rejects_bad_flags(tmp_path):
 
     done = cli("--dry_run", "--quick", "--tables=5", f"--root={root}", "--seeds=3")
     assert done.returncode == 0, done.stderr
-    assert "budget `quick`: 128 training / 32 validation videos, 3 epochs" in done.stdout
+    assert "budget `quick`: 128 training / 32 validation videos, 2 epochs" in done.stdout
     assert "seeds [0, 1, 2]; 3 rows, 3 distinct configs, 9 runs" in done.stdout
     assert "Flow-conv-flow (FcF)" in done.stdout
     assert not os.path.exists(root)  # nothing trained, nothing written

@@ -34,17 +34,24 @@ Cost model, measured once on the quiet 2-core CPU (flow layer in chunks of frame
 Interpolating the rows not timed (Table 2's groups about block2's; 1, 5, 20 iterations between
 block2's 10 and 50), one training step of all 22 distinct RGB configs (Tables 1, 2, 3, 5 without
 the optical flow baselines; shared rows train once) costs about 4.8 s, a validation batch about
-a third of that. Each run also costs about 16 s to start (model, tracing, data) and 1.5 s per
-epoch (checkpoint, validation pipeline), so with `B` batches per epoch, `V` validation batches
-and `E` epochs one seed costs about `22 x 16 s + E x (22 x 1.5 s + B x 4.8 s + V x 1.6 s)`, plus
-the data (about 0.015 s per video):
+a third of that. Each run also has fixed costs, measured in a `--quick` run's logs
+(2026-12-03): about 13 s of its first epoch for a flow row (3 s for RGB) is tracing the train
+and test steps (~6 s) and compiling the flow layer's XLA functions (forward 1.2 s, backward 3.1 s,
+inference 1.0 s at 10 iterations; rows that differ only in the learned groups share the
+forward's), plus about 1.6 s outside the loop (model, checkpoint files) and 1.5 s per epoch
+(checkpoint, validation pipeline). Rounded to 16 s per run: with `B` batches per epoch, `V`
+validation batches and `E` epochs one seed costs about
+`22 x 16 s + E x (22 x 1.5 s + B x 4.8 s + V x 1.6 s)`, plus the data (about 0.015 s per video):
 
 - default, 512 training / 64 validation videos (B = 32, V = 4), E = 6 epochs (192 steps; the
   demo's learned block leaves chance after 64 and reaches 88% after 192), 2 seeds:
-  2 x (352 + 6 x (33 + 154 + 6)) s = 2 x 1510 s, about 50 minutes (<= 60);
-- quick, 128 / 32 videos (B = 8, V = 2), E = 3 epochs (24 steps: a smoke run, every row is still
-  at chance), 1 seed (the start-up costs alone of a second seed would take 6 of the 10 minutes;
-  `--seeds=2` for mean ± std): 352 + 3 x (33 + 38 + 3) s = 574 s, about 10 minutes (<= 10);
+  2 x (352 + 6 x (33 + 154 + 6)) s = 2 x 1510 s, about 50 minutes (<= 60; measured 53.9 min on a
+  quiet day and 73.0 min on a slower one);
+- quick, 128 / 32 videos (B = 8, V = 2), E = 2 epochs (16 steps: a smoke run of every row's
+  pipeline, every row is still at chance), 1 seed (the fixed costs alone of a second seed would
+  take 6 of the 10 minutes; `--seeds=2` for mean ± std): 352 + 2 x (33 + 38 + 3) s = 500 s,
+  about 9 minutes with the 10% the formula under-counted at E = 3 (574 s estimated, 10.4 and
+  10.8 minutes measured on a quiet CPU, over the 10: hence 2 epochs);
 - `--with_two_stream` adds the flow CNN and two-stream rows (per step about the RGB CNN's and
   twice it) and, once, their TV-L1 data: about 0.85 s per video on 2 cores (the demo's 640
   videos took 9 minutes), 576 videos (default) about 8 minutes, 160 (quick) about 2.3.
@@ -222,7 +229,7 @@ class Budget:
 
 BUDGETS = {
     "default": Budget("default", 512, 64, 6, seeds=2, estimate_minutes=50),
-    "quick": Budget("quick", 128, 32, 3, seeds=1, estimate_minutes=10),
+    "quick": Budget("quick", 128, 32, 2, seeds=1, estimate_minutes=9),
 }
 
 
