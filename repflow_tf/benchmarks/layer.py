@@ -10,7 +10,12 @@ trainable variable; median of `repeats` timed calls after one warm-up call):
   112 x 112, SGD: RGB only, and with a learned flow block after block 1 (28 x 28), in chunks
   and on the whole batch;
 * ``memory50``: peak memory of the flow block at 50 iterations, forward and forward + backward,
-  each in a fresh process.
+  each in a fresh process;
+* ``onednn``: the ``resnet18`` train steps (RGB only, learned flow after block 1 in chunks) with
+  TensorFlow's Eigen CPU kernels (``TF_ENABLE_ONEDNN_OPTS=0``, TensorFlow's own default on a CPU
+  without AVX-512 VNNI / AMX) and with oneDNN's (``=1``, repflow_tf's default, see
+  `repflow_tf.startup.prefer_onednn`), each in a fresh process (TensorFlow reads the variable
+  at import).
 
 Implementations: ``ours`` (the hand-written gradient, XLA-compiled, over chunks of frame pairs
 sized for the CPU's cache: `ops.CHUNK_BYTES`, opt-in for now), ``ours_whole`` (the same on the
@@ -45,9 +50,11 @@ from repflow_tf import ops
 from repflow_tf.benchmarks import references
 from repflow_tf.config import ModelConfig
 from repflow_tf.layers import FlowBlock, RepresentationFlow
+from repflow_tf.startup import ONEDNN_VARIABLE, onednn_enabled
 
 IMPLS = ("ours", "ours_whole", "ours_graph", "autodiff_graph", "autodiff_xla")
-CASES = ("flow_block", "rgb224", "resnet18", "memory50")
+CASES = ("flow_block", "rgb224", "resnet18", "memory50", "onednn")
+KERNELS = ("eigen", "onednn")
 _LEARN = ("divergence", "hyper")
 _RESULT_PREFIX = "BENCHMARK_CELL_RESULT "
 
@@ -200,8 +207,8 @@ def run_cell(case: str, impl: str, direction: str, settings: Settings) -> dict:
         patched = ops.default_chunk_bytes(0 if impl.endswith("_whole") else ops.CHUNK_BYTES)
     try:
         with patched:  # the autodiff loop is patched in while the functions trace
-            if case == "resnet18":
-                fn = _resnet_step(flow=impl != "rgb_only", seed=settings.seed)
+            if case in ("resnet18", "onednn"):
+                fn = _resnet_step(flow=not impl.startswith("rgb_only"), seed=settings.seed)
             else:
                 num_iter = settings.memory_iterations if case == "memory50" else settings.num_iter
                 layer_case = "flow_block" if case == "memory50" else case
@@ -210,6 +217,7 @@ def run_cell(case: str, impl: str, direction: str, settings: Settings) -> dict:
             if impl == "autodiff_graph":
                 fn = _without_memory_optimizer(fn)
             record.update(time_calls(fn, settings.repeats, settings.cell_seconds, meter))
+        record["onednn"] = onednn_enabled()
     except Exception as error:  # noqa: BLE001 - a failing cell is a result, not a crash
         record["error"] = f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
     return record
@@ -227,12 +235,16 @@ def _without_memory_optimizer(fn):
 
 
 def run_isolated(case: str, impl: str, direction: str, settings: Settings) -> dict:
-    """`run_cell` in a fresh interpreter (honest peak memory: nothing lent by earlier cells)."""
+    """`run_cell` in a fresh interpreter (honest peak memory: nothing lent by earlier cells;
+    the ``onednn`` case's kernels, chosen by the impl's suffix, set before TensorFlow starts)."""
     payload = json.dumps(
         {"cell": [case, impl, direction], "settings": dataclasses.asdict(settings)}
     )
     command = [sys.executable, "-m", "repflow_tf.benchmarks.layer", payload]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    env = dict(os.environ)
+    if case == "onednn":
+        env[ONEDNN_VARIABLE] = "1" if impl.endswith("_onednn") else "0"
+    done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
     for line in done.stdout.splitlines():
         if line.startswith(_RESULT_PREFIX):
             return json.loads(line[len(_RESULT_PREFIX) :])
@@ -249,6 +261,11 @@ def _cells(settings: Settings) -> Iterable[tuple[str, str, str, bool]]:
         if case == "resnet18":
             for impl in ("rgb_only", "flow_block1", "flow_block1_whole"):
                 yield case, impl, "train_step", False
+            continue
+        if case == "onednn":
+            for model in ("rgb_only", "flow_block1"):
+                for kernels in KERNELS:
+                    yield case, f"{model}_{kernels}", "train_step", True
             continue
         impls = [i for i in settings.impls if case != "memory50" or i.startswith("ours")]
         if case == "memory50" and "autodiff_graph" in settings.impls:
@@ -281,7 +298,8 @@ def report(results: list[dict], settings: Settings) -> str:
     lines = [
         f"TF {tf.__version__}, Keras {keras.__version__}, Python {platform.python_version()}, "
         f"{'GPU' if tf.config.list_logical_devices('GPU') else 'CPU'} "
-        f"({os.cpu_count()} logical CPUs); median of up to {settings.repeats} timed calls.",
+        f"({os.cpu_count()} logical CPUs), oneDNN CPU kernels "
+        f"{'on' if onednn_enabled() else 'off'}; median of up to {settings.repeats} timed calls.",
         "",
     ]
     for case, title in (
@@ -334,10 +352,27 @@ def report(results: list[dict], settings: Settings) -> str:
             ratio = f"{both / fwd:.2f}x" if fwd and both else "-"
             lines.append(f"| {impl} | {_fmt(fwd, '.0f')} | {_fmt(both, '.0f')} | {ratio} |")
         lines.append("")
+    if "onednn" in settings.cases:
+        lines += _kernels_table(ms)
     errors = [r for r in results if "error" in r]
     for r in errors:
         lines.append(f"failed: {r['case']} {r['impl']} {r['direction']}: {r['error']}")
     return "\n".join(lines)
+
+
+def _kernels_table(ms) -> list[str]:
+    lines = [
+        "**TensorFlow's CPU kernels: the ResNet-18 train step above, Eigen vs oneDNN** "
+        "(fresh process each)",
+        "",
+        "| model | Eigen ms | oneDNN ms | Eigen / oneDNN |",
+        "| --- | --- | --- | --- |",
+    ]
+    for model, label in (("rgb_only", "RGB only"), ("flow_block1", "learned flow after block 1")):
+        eigen, onednn = (ms("onednn", f"{model}_{k}", "train_step") for k in KERNELS)
+        ratio = f"{eigen / onednn:.2f}x" if eigen and onednn else "-"
+        lines.append(f"| {label} | {_fmt(eigen)} | {_fmt(onednn)} | {ratio} |")
+    return [*lines, ""]
 
 
 def _fmt(value, spec=".1f"):
