@@ -7,10 +7,11 @@ which reads like a failure. `import_tensorflow` imports TensorFlow and initialis
 with descriptor 2 pointed at /dev/null, so the first line a user sees is ours; `verbose=True`
 (the commands' `--verbose`) keeps everything. Free of TensorFlow itself.
 
-`prefer_onednn`, run when `repflow_tf` is imported, turns on TensorFlow's oneDNN CPU kernels,
-which TensorFlow enables by itself only on CPUs with AVX-512 VNNI / AMX. On this project's
-AVX2-only 2-core CPU they make the paper's 2D ResNet train step 2.5x faster (its convolutions'
-gradients: 342 -> 109 ms of a 348 -> 137 ms step, see `repflow_tf/benchmarks/cnn_step.py`).
+`onednn_enabled` tells whether TensorFlow runs oneDNN's CPU kernels. repflow_tf leaves that to
+TensorFlow (`TF_ENABLE_ONEDNN_OPTS`; on by itself only on CPUs with AVX-512 VNNI / AMX): on this
+project's AVX2 CPU, TF 2.21's oneDNN makes the 2D ResNet train step 1.4-2.5x faster but computes
+the filter gradient of a 1x1 stride-2 convolution on 3-4 channels ~50% wrong and can corrupt
+the heap (`bin/benchmark_layer.py --cases=onednn` measures both).
 """
 
 from __future__ import annotations
@@ -26,23 +27,6 @@ from typing import Any
 _started = False
 _verbose = False
 ONEDNN_VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
-
-
-def prefer_onednn() -> bool:
-    """Sets `TF_ENABLE_ONEDNN_OPTS=1` unless the user set it; returns whether this call set it.
-
-    TensorFlow reads the variable once, when it is imported: with TensorFlow already imported,
-    or the variable already set (`TF_ENABLE_ONEDNN_OPTS=0` keeps TensorFlow's Eigen kernels),
-    this changes nothing. oneDNN's results differ from Eigen's by float32 rounding (a
-    different summation order), and repeat exactly from run to run.
-
-    >>> prefer_onednn() in (True, False)
-    True
-    """
-    if ONEDNN_VARIABLE in os.environ or "tensorflow" in sys.modules:
-        return False
-    os.environ[ONEDNN_VARIABLE] = "1"
-    return True
 
 
 @contextlib.contextmanager

@@ -4,10 +4,6 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-# First, as in a user's program: importing repflow_tf picks TensorFlow's CPU kernels.
-import repflow_tf  # noqa: E402, F401
-
-# isort: split
 import tensorflow as tf  # noqa: E402
 
 # Must happen before TensorFlow initialises its devices, i.e. before any op runs.

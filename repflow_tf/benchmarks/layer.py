@@ -13,9 +13,11 @@ trainable variable; median of `repeats` timed calls after one warm-up call):
   each in a fresh process;
 * ``onednn``: the ``resnet18`` train steps (RGB only, learned flow after block 1 in chunks) with
   TensorFlow's Eigen CPU kernels (``TF_ENABLE_ONEDNN_OPTS=0``, TensorFlow's own default on a CPU
-  without AVX-512 VNNI / AMX) and with oneDNN's (``=1``, repflow_tf's default, see
-  `repflow_tf.startup.prefer_onednn`), each in a fresh process (TensorFlow reads the variable
-  at import).
+  without AVX-512 VNNI / AMX) and with oneDNN's (``=1``), each in a fresh process (TensorFlow
+  reads the variable at import); and, with each, the float32 filter gradient of a ResNet
+  shortcut's 1x1 stride-2 convolution on 4 channels against float64 (`conv_gradient_error`):
+  on TF 2.21's oneDNN on an AVX2 CPU it is wrong by ~50% and can corrupt the heap, which is why
+  repflow_tf leaves TensorFlow's choice of kernels alone.
 
 Implementations: ``ours`` (the hand-written gradient, XLA-compiled, over chunks of frame pairs
 sized for the CPU's cache: `ops.CHUNK_BYTES`, opt-in for now), ``ours_whole`` (the same on the
@@ -206,6 +208,10 @@ def run_cell(case: str, impl: str, direction: str, settings: Settings) -> dict:
     else:
         patched = ops.default_chunk_bytes(0 if impl.endswith("_whole") else ops.CHUNK_BYTES)
     try:
+        if impl.startswith("conv_gradient"):
+            record["rel_error"] = conv_gradient_error()
+            record["onednn"] = onednn_enabled()
+            return record
         with patched:  # the autodiff loop is patched in while the functions trace
             if case in ("resnet18", "onednn"):
                 fn = _resnet_step(flow=not impl.startswith("rgb_only"), seed=settings.seed)
@@ -221,6 +227,31 @@ def run_cell(case: str, impl: str, direction: str, settings: Settings) -> dict:
     except Exception as error:  # noqa: BLE001 - a failing cell is a result, not a crash
         record["error"] = f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
     return record
+
+
+def conv_gradient_error() -> float:
+    """|float32 - float64| / |float64| of `Conv2DBackpropFilter` for a 1x1 stride-2 "same"
+    convolution of (8, 28, 28, 4) to 8 channels (a narrow ResNet's shortcut); float64 runs
+    TensorFlow's Eigen kernel whatever the CPU kernels are.
+
+    >>> conv_gradient_error() < 1e-5  # with TensorFlow's default kernels on this CPU
+    True
+    """
+    rng = np.random.default_rng(0)
+    images, upstream = rng.normal(size=(8, 28, 28, 4)), rng.normal(size=(8, 14, 14, 8))
+    grads = [
+        tf.compat.v1.nn.conv2d_backprop_filter(
+            tf.constant(images, dtype),
+            [1, 1, 4, 8],
+            tf.constant(upstream, dtype),
+            [1, 2, 2, 1],
+            "SAME",
+        )
+        .numpy()
+        .astype(np.float64)
+        for dtype in (tf.float32, tf.float64)
+    ]
+    return float(np.linalg.norm(grads[0] - grads[1]) / np.linalg.norm(grads[1]))
 
 
 def _without_memory_optimizer(fn):
@@ -263,6 +294,8 @@ def _cells(settings: Settings) -> Iterable[tuple[str, str, str, bool]]:
                 yield case, impl, "train_step", False
             continue
         if case == "onednn":
+            for kernels in KERNELS:
+                yield case, f"conv_gradient_{kernels}", "accuracy", True
             for model in ("rgb_only", "flow_block1"):
                 for kernels in KERNELS:
                     yield case, f"{model}_{kernels}", "train_step", True
@@ -282,7 +315,12 @@ def run(settings: Settings, progress: Callable[[str], None] = print) -> list[dic
     for case, impl, direction, isolated in _cells(settings):
         cell = (run_isolated if isolated else run_cell)(case, impl, direction, settings)
         results.append(cell)
-        shown = cell.get("error", f"{cell.get('ms', float('nan')):.1f} ms")
+        measured = (
+            f"relative error {cell['rel_error']:.1e}"
+            if "rel_error" in cell
+            else f"{cell.get('ms', float('nan')):.1f} ms"
+        )
+        shown = cell.get("error", measured)
         progress(f"  [{time.perf_counter() - start:6.1f} s] {case} {impl} {direction}: {shown}")
     return results
 
@@ -353,19 +391,27 @@ def report(results: list[dict], settings: Settings) -> str:
             lines.append(f"| {impl} | {_fmt(fwd, '.0f')} | {_fmt(both, '.0f')} | {ratio} |")
         lines.append("")
     if "onednn" in settings.cases:
-        lines += _kernels_table(ms)
+        lines += _kernels_table(ms, index)
     errors = [r for r in results if "error" in r]
     for r in errors:
         lines.append(f"failed: {r['case']} {r['impl']} {r['direction']}: {r['error']}")
     return "\n".join(lines)
 
 
-def _kernels_table(ms) -> list[str]:
+def _kernels_table(ms, index) -> list[str]:
+    errors = []
+    for kernels in KERNELS:
+        cell = index.get(("onednn", f"conv_gradient_{kernels}", "accuracy"), {})
+        errors.append(f"{cell['rel_error']:.1e}" if "rel_error" in cell else "failed (below)")
     lines = [
-        "**TensorFlow's CPU kernels: the ResNet-18 train step above, Eigen vs oneDNN** "
-        "(fresh process each)",
+        "**TensorFlow's CPU kernels: Eigen vs oneDNN** (fresh process each)",
         "",
-        "| model | Eigen ms | oneDNN ms | Eigen / oneDNN |",
+        "| float32 filter gradient of a 1x1 stride-2 conv, 4 -> 8 channels, vs float64 | Eigen "
+        "| oneDNN |",
+        "| --- | --- | --- |",
+        f"| relative error | {errors[0]} | {errors[1]} |",
+        "",
+        "| ResNet-18 train step above | Eigen ms | oneDNN ms | Eigen / oneDNN |",
         "| --- | --- | --- | --- |",
     ]
     for model, label in (("rgb_only", "RGB only"), ("flow_block1", "learned flow after block 1")):
