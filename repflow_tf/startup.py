@@ -10,7 +10,7 @@ with descriptor 2 pointed at /dev/null, so the first line a user sees is ours; `
 `onednn_enabled` tells whether TensorFlow runs oneDNN's CPU kernels. repflow_tf leaves that to
 TensorFlow (`TF_ENABLE_ONEDNN_OPTS`; on by itself only on CPUs with AVX-512 VNNI / AMX): on this
 project's AVX2 CPU, TF 2.21's oneDNN makes the 2D ResNet train step 1.4-2.5x faster but computes
-the filter gradient of a 1x1 stride-2 convolution on 3-4 channels ~50% wrong and can corrupt
+the filter gradient of a 1x1 stride-2 convolution on 3-4 channels 30-90% wrong and can corrupt
 the heap (`bin/benchmark_layer.py --cases=onednn` measures both).
 """
 

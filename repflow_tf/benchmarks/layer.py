@@ -16,7 +16,7 @@ trainable variable; median of `repeats` timed calls after one warm-up call):
   without AVX-512 VNNI / AMX) and with oneDNN's (``=1``), each in a fresh process (TensorFlow
   reads the variable at import); and, with each, the float32 filter gradient of a ResNet
   shortcut's 1x1 stride-2 convolution on 4 channels against float64 (`conv_gradient_error`):
-  on TF 2.21's oneDNN on an AVX2 CPU it is wrong by ~50% and can corrupt the heap, which is why
+  on TF 2.21's oneDNN on an AVX2 CPU it is 30-90% wrong and can corrupt the heap, which is why
   repflow_tf leaves TensorFlow's choice of kernels alone.
 
 Implementations: ``ours`` (the hand-written gradient, XLA-compiled, over chunks of frame pairs
@@ -57,6 +57,7 @@ from repflow_tf.startup import ONEDNN_VARIABLE, onednn_enabled
 IMPLS = ("ours", "ours_whole", "ours_graph", "autodiff_graph", "autodiff_xla")
 CASES = ("flow_block", "rgb224", "resnet18", "memory50", "onednn")
 KERNELS = ("eigen", "onednn")
+CONV_GRADIENT = "conv_gradient"  # the onednn case's accuracy cells: f"{CONV_GRADIENT}_{kernels}"
 _LEARN = ("divergence", "hyper")
 _RESULT_PREFIX = "BENCHMARK_CELL_RESULT "
 
@@ -199,34 +200,38 @@ def time_calls(fn: Callable[[], object], repeats: int, cell_seconds: float, mete
 
 
 def run_cell(case: str, impl: str, direction: str, settings: Settings) -> dict:
-    """Times one (case, impl, direction) in this process; returns its result record."""
-    keras.utils.set_random_seed(settings.seed)
-    meter = MemoryMeter()
+    """Measures one (case, impl, direction) in this process; returns its result record."""
     record = {"case": case, "impl": impl, "direction": direction}
-    if impl.startswith("autodiff"):
-        patched = references.autodiff_layers()
-    else:
-        patched = ops.default_chunk_bytes(0 if impl.endswith("_whole") else ops.CHUNK_BYTES)
     try:
-        if impl.startswith("conv_gradient"):
+        if impl.startswith(CONV_GRADIENT):
             record["rel_error"] = conv_gradient_error()
-            record["onednn"] = onednn_enabled()
-            return record
-        with patched:  # the autodiff loop is patched in while the functions trace
-            if case in ("resnet18", "onednn"):
-                fn = _resnet_step(flow=not impl.startswith("rgb_only"), seed=settings.seed)
-            else:
-                num_iter = settings.memory_iterations if case == "memory50" else settings.num_iter
-                layer_case = "flow_block" if case == "memory50" else case
-                steps = _layer_steps(layer_case, impl, num_iter, settings.seed)
-                fn = steps[0] if direction == "fwd" else steps[1]
-            if impl == "autodiff_graph":
-                fn = _without_memory_optimizer(fn)
-            record.update(time_calls(fn, settings.repeats, settings.cell_seconds, meter))
+        else:
+            record.update(_timed_cell(case, impl, direction, settings))
         record["onednn"] = onednn_enabled()
     except Exception as error:  # noqa: BLE001 - a failing cell is a result, not a crash
         record["error"] = f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
     return record
+
+
+def _timed_cell(case: str, impl: str, direction: str, settings: Settings) -> dict:
+    """`time_calls`'s record of one timed cell."""
+    keras.utils.set_random_seed(settings.seed)
+    meter = MemoryMeter()
+    if impl.startswith("autodiff"):
+        patched = references.autodiff_layers()
+    else:
+        patched = ops.default_chunk_bytes(0 if impl.endswith("_whole") else ops.CHUNK_BYTES)
+    with patched:  # the autodiff loop is patched in while the functions trace
+        if case in ("resnet18", "onednn"):
+            fn = _resnet_step(flow=not impl.startswith("rgb_only"), seed=settings.seed)
+        else:
+            num_iter = settings.memory_iterations if case == "memory50" else settings.num_iter
+            layer_case = "flow_block" if case == "memory50" else case
+            steps = _layer_steps(layer_case, impl, num_iter, settings.seed)
+            fn = steps[0] if direction == "fwd" else steps[1]
+        if impl == "autodiff_graph":
+            fn = _without_memory_optimizer(fn)
+        return time_calls(fn, settings.repeats, settings.cell_seconds, meter)
 
 
 def conv_gradient_error() -> float:
@@ -295,7 +300,7 @@ def _cells(settings: Settings) -> Iterable[tuple[str, str, str, bool]]:
             continue
         if case == "onednn":
             for kernels in KERNELS:
-                yield case, f"conv_gradient_{kernels}", "accuracy", True
+                yield case, f"{CONV_GRADIENT}_{kernels}", "accuracy", True
             for model in ("rgb_only", "flow_block1"):
                 for kernels in KERNELS:
                     yield case, f"{model}_{kernels}", "train_step", True
@@ -401,7 +406,7 @@ def report(results: list[dict], settings: Settings) -> str:
 def _kernels_table(ms, index) -> list[str]:
     errors = []
     for kernels in KERNELS:
-        cell = index.get(("onednn", f"conv_gradient_{kernels}", "accuracy"), {})
+        cell = index.get(("onednn", f"{CONV_GRADIENT}_{kernels}", "accuracy"), {})
         errors.append(f"{cell['rel_error']:.1e}" if "rel_error" in cell else "failed (below)")
     lines = [
         "**TensorFlow's CPU kernels: Eigen vs oneDNN** (fresh process each)",
