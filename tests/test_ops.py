@@ -500,9 +500,15 @@ def test_hard_inputs_hit_every_threshold_case_and_a_flat_region():
     assert np.any(fields.inv_grad_sq.numpy() > 1e11)  # |grad F2| = 0 somewhere
 
 
-@pytest.mark.parametrize("jit_compile", [False, True])
+_CHECKPOINTS = [(1, None), (7, None), (7, 1), (7, 3), (20, None), (20, 20)]
+
+
+# XLA with the default checkpoint interval (one compile each: most of a case's time); the
+# segment walk that other intervals change is the same code with or without XLA.
 @pytest.mark.parametrize(
-    "num_iter, checkpoint_every", [(1, None), (7, None), (7, 1), (7, 3), (20, None), (20, 20)]
+    "num_iter, checkpoint_every, jit_compile",
+    [(*case, False) for case in _CHECKPOINTS]
+    + [(*case, True) for case in _CHECKPOINTS if case[1] is None],
 )
 def test_gradient_equals_autodiff_of_the_plain_loop(num_iter, checkpoint_every, jit_compile):
     """float64: w.r.t. both frames, all six kernels and theta, lambda, tau, to 1e-6 relative."""
@@ -576,12 +582,15 @@ def test_the_default_chunk_size_follows_the_visible_devices(monkeypatch, gpus, s
 
 
 def test_frozen_groups_get_zero_gradients_and_the_others_are_unchanged():
+    # Which groups the backward computes is decided while tracing, the same for every path:
+    # the plain whole-batch graph spares six XLA compiles (test_gradient_equals_... covers XLA).
     inputs = _hard_inputs()
     weights = tf.constant(np.random.default_rng(4).normal(size=(2, *inputs[0].shape)))
-    full = _gradients(ops.tvl1_iterate, inputs, weights, 5)
+    plain = {"jit_compile": False, "chunk_bytes": 0}
+    full = _gradients(ops.tvl1_iterate, inputs, weights, 5, **plain)
     groups = {"sobel": (2, 3), "divergence": (4, 5, 6, 7), "hyper": (8, 9, 10)}
     for learn in [(), ("sobel",), ("divergence",), ("hyper",), ("divergence", "hyper")]:
-        grads = _gradients(ops.tvl1_iterate, inputs, weights, 5, learn=learn)
+        grads = _gradients(ops.tvl1_iterate, inputs, weights, 5, learn=learn, **plain)
         frozen = {i for group, slots in groups.items() if group not in learn for i in slots}
         for i, (got, want) in enumerate(zip(grads, full, strict=True)):
             if i in frozen:
@@ -590,15 +599,20 @@ def test_frozen_groups_get_zero_gradients_and_the_others_are_unchanged():
                 np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-9, atol=1e-12)
 
 
-def test_traced_once_for_any_batch_and_frame_size():
-    """One trace of the forward and backward functions, whatever the static shapes."""
+@pytest.mark.parametrize("jit_compile", [True, False])
+def test_traced_once_for_any_batch_and_frame_size(jit_compile):
+    """One trace of the forward and backward functions, whatever the static shapes (XLA still
+    compiles per shape: with it, two shapes, since that takes most of this test's time)."""
     channels = 5
     before = dict(ops.TRACE_COUNTS)
-    for shape in [(1, 6, 7, channels), (3, 6, 7, channels), (2, 9, 4, channels)]:
+    shapes = [(1, 6, 7, channels), (3, 6, 7, channels), (2, 9, 4, channels)]
+    for shape in shapes[1:] if jit_compile else shapes:
         frames = tf.constant(np.random.default_rng(0).uniform(0, 255, shape), tf.float32)
         with tf.GradientTape() as tape:
             tape.watch(frames)
-            u_x, _ = _default_iterate(frames, frames[::-1], 11, gradient="central")
+            u_x, _ = _default_iterate(
+                frames, frames[::-1], 11, gradient="central", jit_compile=jit_compile
+            )
         assert tape.gradient(u_x, frames).shape == shape
     traced = {key: ops.TRACE_COUNTS[key] - before.get(key, 0) for key in ("forward", "backward")}
     assert traced == {"forward": 1, "backward": 1}
@@ -611,20 +625,22 @@ def test_learned_groups_share_the_forward_and_each_get_their_own_backward():
     weights = tf.constant(np.random.default_rng(8).normal(size=(2, *inputs[0].shape)))
     before = dict(ops.TRACE_COUNTS)
     for learn in [("divergence",), ("hyper",), ("divergence",)]:
-        _gradients(ops.tvl1_iterate, inputs, weights, 13, learn=learn)
+        # Tracing is the same with and without XLA; the plain graph spares three compiles.
+        _gradients(ops.tvl1_iterate, inputs, weights, 13, learn=learn, jit_compile=False)
     traced = {key: ops.TRACE_COUNTS[key] - before.get(key, 0) for key in ("forward", "backward")}
     assert traced == {"forward": 1, "backward": 2}
 
 
 def test_many_configurations_trace_once_each_without_a_retracing_warning(caplog):
     """TensorFlow's frequent-retracing warning keys on the code object, which every
-    configuration's functions share: seven configurations, one trace each, no warning."""
+    configuration's functions share: seven configurations, one trace each, no warning. (Plain
+    graph functions: tracing and its warning are tf.function's, with or without XLA.)"""
     frames = tf.constant(np.random.default_rng(0).uniform(0, 255, (1, 5, 6, 2)), tf.float32)
     before = ops.TRACE_COUNTS["inference"]
     with caplog.at_level(logging.WARNING):
         for num_iter in range(31, 38):
             for _ in range(2):
-                _default_iterate(frames, frames[::-1], num_iter)
+                _default_iterate(frames, frames[::-1], num_iter, jit_compile=False)
     assert ops.TRACE_COUNTS["inference"] - before == 7
     assert "retracing" not in caplog.text
 
@@ -675,7 +691,9 @@ def test_function_traced_without_a_tape_still_differentiates():
     weights = tf.constant(np.random.default_rng(5).normal(size=(2, *inputs[0].shape)))
 
     def loss(frame2):
-        u_x, u_y = _iterate(ops.tvl1_iterate, [inputs[0], frame2, *inputs[2:]], 9)
+        # Whether checkpoints are stored is decided while tracing, with or without XLA.
+        frames = [inputs[0], frame2, *inputs[2:]]
+        u_x, u_y = _iterate(ops.tvl1_iterate, frames, 9, jit_compile=False)
         return tf.reduce_sum(weights[0] * u_x) + tf.reduce_sum(weights[1] * u_y)
 
     traced = tf.function(loss)
