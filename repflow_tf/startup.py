@@ -21,6 +21,8 @@ import importlib
 import logging
 import os
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -101,6 +103,18 @@ def quiet_worker_start(module: str, function: str, *args: Any) -> None:
         target = getattr(importlib.import_module(module), function)
         import_tensorflow()
     target(*args)
+
+
+def exit_with_parent(parent_pid: int, poll_seconds: float = 0.5) -> None:
+    """Starts a daemon thread that ends this worker process once its parent is gone (killed,
+    even with SIGKILL): an orphan would go on with work nobody collects, then wait forever."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll_seconds)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def is_verbose() -> bool:

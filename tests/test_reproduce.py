@@ -188,7 +188,7 @@ def _table_lines(root) -> list[str]:
         return [line for line in file if line.startswith("|")]
 
 
-def test_tiny_reproduction_end_to_end_then_resume_trains_nothing(tmp_path, monkeypatch):
+def test_tiny_reproduction_in_two_processes_then_resume_trains_nothing(tmp_path, monkeypatch):
     data_root = make_tiny_data(str(tmp_path / "data"))
     # The rows set the flow layer and the budget the epochs.
     rows_own = (
@@ -204,11 +204,22 @@ def test_tiny_reproduction_end_to_end_then_resume_trains_nothing(tmp_path, monke
     the_plan = reproduce.plan(
         root, budget=TINY_BUDGET, seeds=1, rows=rows, overrides=overrides, base_config=BASE
     )
-    results = reproduce.run(the_plan, log=open(os.devnull, "w"))
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained in this process, or a finished run trained again")
+
+    # Both runs at once, in two worker processes (not here: this process cannot train).
+    monkeypatch.setattr(training, "train", no_training)
+    log = io.StringIO()
+    results = reproduce.run(the_plan, log=log, jobs=2)
 
     for run_id in ("t3_fixed_1", "t3_learned_1"):
         with open(os.path.join(root, run_id, "seed0", SUMMARY_FILE)) as file:
             assert json.load(file)["epochs"] == 1
+        with open(os.path.join(root, run_id, "seed0", "train.log")) as file:
+            assert "done: 1 epochs" in file.read()
+    progress = log.getvalue()
+    assert "[2/2] " in progress and "done: 2 runs (2 trained, 0 reused)" in progress
     lines = _table_lines(root)
     assert lines[0] == "| row | ours | paper | settings |\n"
     fixed, learned = (line.split(" | ") for line in lines[2:4])
@@ -227,13 +238,13 @@ def test_tiny_reproduction_end_to_end_then_resume_trains_nothing(tmp_path, monke
     assert image.shape == (450, 1200, 4) and image[..., :3].std() > 0.05
 
     # Rerunning the same plan reads every run back: training must not be called.
-    def no_training(*args, **kwargs):
-        raise AssertionError("a finished run was trained again")
-
-    monkeypatch.setattr(training, "train", no_training)
-    again = reproduce.run(the_plan, log=open(os.devnull, "w"))
-    assert _table_lines(root) == lines
-    assert [r["accuracies"] for r in again["rows"]] == [r["accuracies"] for r in results["rows"]]
+    monkeypatch.setattr(reproduce, "_worker_pool", no_training)
+    for jobs in (1, 2):
+        again = reproduce.run(the_plan, log=open(os.devnull, "w"), jobs=jobs)
+        assert _table_lines(root) == lines
+        assert [r["accuracies"] for r in again["rows"]] == [
+            r["accuracies"] for r in results["rows"]
+        ]
 
 
 def test_cli_dry_run_prints_the_plan_and_rejects_bad_flags(tmp_path):

@@ -22,7 +22,6 @@ import queue as queue_lib
 import random
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TextIO
@@ -43,7 +42,7 @@ from repflow_tf.data.schema import make_sequence_example, shard_glob, shard_name
 from repflow_tf.data.splits import SplitList, VideoEntry
 from repflow_tf.data.video import VideoDecodeError, iter_frames
 from repflow_tf.fileio import commit_file, is_local, write_json_atomic
-from repflow_tf.startup import quiet_worker_start
+from repflow_tf.startup import exit_with_parent, quiet_worker_start
 
 _STATE_DIR = ".convert"
 
@@ -279,15 +278,7 @@ _progress_queue = None
 def _init_worker(progress_queue: multiprocessing.Queue, parent_pid: int) -> None:
     global _progress_queue
     _progress_queue = progress_queue
-    threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
-
-
-def _exit_with_parent(parent_pid: int, poll_seconds: float = 0.5) -> None:
-    """Ends this worker once its parent is gone (killed, even with SIGKILL): an orphan would
-    go on writing shards nobody collects, then wait forever for more work."""
-    while os.getppid() == parent_pid:
-        time.sleep(poll_seconds)
-    os._exit(1)
+    exit_with_parent(parent_pid)
 
 
 def _write_shard_in_worker(job: _ShardJob) -> dict[str, Any]:
