@@ -2,8 +2,8 @@
 budget on the synthetic motion demo, >= 2 seeds, mean ± std, next to the paper's numbers.
 
     python bin/reproduce.py                        # all RGB rows, 2 seeds, about 50 min on 2 cores
-    python bin/reproduce.py --quick                # a smoke run, 1 seed, about 10 min
-    python bin/reproduce.py --jobs=1               # one run at a time (default: 2 at once)
+    python bin/reproduce.py --quick                # a smoke run, 1 seed, about 8 min (2 jobs)
+    python bin/reproduce.py --jobs=2               # two runs at once (--quick's default)
     python bin/reproduce.py --dry_run              # the rows, runs and budget; trains nothing
     python bin/reproduce.py --tables=1,3 --seeds=3 --root=runs/reproduce_t13
     python bin/reproduce.py --with_two_stream      # also the flow CNN and two-stream rows (TV-L1)
@@ -39,10 +39,11 @@ flags.DEFINE_multi_string("set", [], "Config override for every row, section.key
 flags.DEFINE_bool("dry_run", False, "Print the plan (rows, runs, budget) and train nothing.")
 flags.DEFINE_integer(
     "jobs",
-    2,
-    "Runs trained at once, each in its own process with cores / jobs TensorFlow threads (on 2 "
-    "cores the quick reproduction took 7.9 min with 2 and 10.8 with 1; the accuracies depend "
-    "on the threads per process, so compare runs of the same --jobs and core count).",
+    None,
+    "Runs trained at once, each in its own process with cores / jobs TensorFlow threads "
+    "(default: 2 with --quick, where 2 took 7.9 min against 10.8 with 1 on 2 cores; else 1, "
+    "the committed results' setting). The accuracies depend on the threads per process: "
+    "compare runs of the same --jobs on the same core count.",
     lower_bound=1,
 )
 
@@ -72,7 +73,8 @@ def _run(argv: list[str]) -> None:
     from repflow_tf import training
 
     try:
-        results = reproduce.run(plan, jobs=FLAGS.jobs)
+        jobs = FLAGS.jobs or (2 if FLAGS.quick else 1)
+        results = reproduce.run(plan, jobs=jobs)
     except training.TrainingError as error:
         fail(str(error))
     print(reproduce.format_markdown(results))

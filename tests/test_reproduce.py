@@ -183,6 +183,20 @@ def test_an_interrupted_reproduction_continues_from_the_finished_runs(tmp_path):
     ), first
 
 
+def _die(config, workdir):
+    os._exit(3)  # as on a segfault or the out-of-memory killer, in a --jobs worker
+
+
+def test_a_worker_that_dies_ends_the_reproduction_with_one_clear_error(tmp_path):
+    rows = [r for r in reproduce.ROWS if r.id in ("t5_fof", "t5_fcf")]
+    data_root = make_tiny_data(str(tmp_path / "data"))
+    the_plan = reproduce.plan(
+        str(tmp_path), seeds=1, rows=rows, base_config=BASE, overrides=tiny_overrides(data_root)
+    )
+    with pytest.raises(training.TrainingError, match=r"worker process died .* to resume$"):
+        reproduce.run(the_plan, train=_die, log=open(os.devnull, "w"), jobs=2)
+
+
 def _table_lines(root) -> list[str]:
     with open(os.path.join(root, reproduce.RESULTS_MD)) as file:
         return [line for line in file if line.startswith("|")]
