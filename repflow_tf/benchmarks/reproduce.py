@@ -52,21 +52,21 @@ validation batches and `E` epochs one seed costs about
   take 6 of the 10 minutes; `--seeds=2` for mean ± std): 352 + 2 x (33 + 38 + 3) s = 500 s,
   about 9 minutes with the 10% the formula under-counted at E = 3 (574 s estimated, 10.4 and
   10.8 minutes measured on a quiet CPU, over the 10: hence 2 epochs);
-- `--jobs=2` trains two runs at once, each in its own process with one TensorFlow thread on 2
-  cores (bin/reproduce.py's default with `--quick`): these small models use a second thread
-  badly, and tracing and XLA compiling, a third of a quick run, run on one thread anyway.
-  Measured in one sitting (2026-12-04, snapshot of 854d75e, fresh roots): the quick
-  reproduction took 7.9 min with `--jobs=2` and 10.8 min with `--jobs=1` (each run 1.46x as
-  long, two at a time: 1.37x the throughput). In steady state (epoch 2 of `training.train` on
-  the default budget's data, 24 steps; same sitting) one process with 2 threads made 2.46 steps/s
-  for the RGB CNN and 0.59 for flow on the input; two 1-thread processes of the same row made
-  1.87 + 1.90 and 0.43 + 0.34 (1.53x and 1.31x). Mixed pairs gain less: in a default run with
-  `--jobs=2` (aborted after 3 runs; a test ran beside it for its first half minute) the RGB CNN beside flow on the input made 1.1-1.4 steps/s
-  and flow on the input 0.30-0.35, about 1.05x one process's throughput, so the default budget
-  stays at one run at a time, which is also what its committed results were made with. The
-  accuracies depend on the threads per process (rounding, then the trajectory: 15 of the 28
-  quick rows differed by one or two validation clips between the two runs), so compare runs
-  of the same `--jobs` on the same core count;
+- `--jobs=2` trains two runs at once, each in its own process with one TensorFlow thread on 2 cores
+  (bin/reproduce.py's default with `--quick`): these small models use a second thread badly, and
+  tracing and XLA compiling, a third of a quick run, run on one thread anyway. Measured in one
+  sitting (2026-12-04, snapshot of 854d75e, fresh roots): the quick reproduction took 7.9 min with
+  `--jobs=2` and 10.8 min with `--jobs=1` (each run 1.46x as long, two at a time: 1.37x the
+  throughput). In steady state (epoch 2 of `training.train` on the default budget's data, 24 steps;
+  same sitting) one process with 2 threads made 2.46 steps/s for the RGB CNN and 0.59 for flow on
+  the input; two 1-thread processes of the same row made 1.87 + 1.90 and 0.43 + 0.34 (1.53x and
+  1.31x). Mixed pairs gain less: in a default run with `--jobs=2` (aborted after 3 runs; a test ran
+  beside it for its first half minute) the RGB CNN beside flow on the input made 1.1-1.4 steps/s and
+  flow on the input 0.30-0.35, about 1.05x one process's throughput, so the default budget stays at
+  one run at a time, which is also what its committed results were made with. The accuracies depend
+  on the threads per process (rounding, then the trajectory: 15 of the 28 quick rows differed by one
+  or two validation clips between the two runs), so compare runs of the same `--jobs` on the same
+  core count;
 - `--with_two_stream` adds the flow CNN and two-stream rows (per step about the RGB CNN's and
   twice it) and, once, their TV-L1 data: about 0.85 s per video on 2 cores (the demo's 640
   videos took 9 minutes), 576 videos (default) about 8 minutes, 160 (quick) about 2.3.
