@@ -16,9 +16,11 @@ the heap (`bin/benchmark_layer.py --cases=onednn` measures both).
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import importlib
 import logging
+import multiprocessing
 import os
 import sys
 import threading
@@ -103,6 +105,20 @@ def quiet_worker_start(module: str, function: str, *args: Any) -> None:
         target = getattr(importlib.import_module(module), function)
         import_tensorflow()
     target(*args)
+
+
+def quiet_process_pool(
+    processes: int, module: str, function: str, *args: Any
+) -> concurrent.futures.ProcessPoolExecutor:
+    """A pool of `processes` spawned workers, each started by `quiet_worker_start(module,
+    function, *args)`. Spawn, never fork: a forked child of a process that already initialised
+    TensorFlow hangs."""
+    return concurrent.futures.ProcessPoolExecutor(
+        processes,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=quiet_worker_start,
+        initargs=(module, function, *args),
+    )
 
 
 def exit_with_parent(parent_pid: int, poll_seconds: float = 0.5) -> None:

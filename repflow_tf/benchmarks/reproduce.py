@@ -426,16 +426,16 @@ def _train_in_parallel(the_plan, to_train, train, jobs):
 
     # The data first, here, from the run that would make it in a sequential run (its seed):
     # workers starting together would each generate it into the same folder.
+    seeded = {key: _seeded(the_plan, *key) for key in to_train}
     made = set()
-    for run_id, seed in to_train:
-        config, _ = _seeded(the_plan, run_id, seed)
+    for config, _ in seeded.values():
         if config.data.root not in made:
             made.add(config.data.root)
             training.prepare_data(config)
     threads = max(1, (os.cpu_count() or 1) // jobs)
     pool = _worker_pool(min(jobs, len(to_train)), threads)
     # Submitted in order, taken by whichever worker is free first.
-    futures = [pool.submit(_train_run, train, _seeded(the_plan, *key), *key) for key in to_train]
+    futures = [pool.submit(_train_run, train, seeded[key], *key) for key in to_train]
     try:
         for future in concurrent.futures.as_completed(futures):
             yield future.result()
@@ -453,17 +453,9 @@ def _train_in_parallel(the_plan, to_train, train, jobs):
 
 
 def _worker_pool(processes: int, threads: int) -> concurrent.futures.ProcessPoolExecutor:
-    import multiprocessing
+    from repflow_tf.startup import quiet_process_pool
 
-    from repflow_tf.startup import quiet_worker_start
-
-    # Spawn, never fork: a forked child of a process that already initialised TensorFlow hangs.
-    return concurrent.futures.ProcessPoolExecutor(
-        processes,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=quiet_worker_start,
-        initargs=(__name__, "_init_worker", threads, os.getpid()),
-    )
+    return quiet_process_pool(processes, __name__, "_init_worker", threads, os.getpid())
 
 
 def _init_worker(threads: int, parent_pid: int) -> None:

@@ -42,7 +42,7 @@ from repflow_tf.data.schema import make_sequence_example, shard_glob, shard_name
 from repflow_tf.data.splits import SplitList, VideoEntry
 from repflow_tf.data.video import VideoDecodeError, iter_frames
 from repflow_tf.fileio import commit_file, is_local, write_json_atomic
-from repflow_tf.startup import exit_with_parent, quiet_worker_start
+from repflow_tf.startup import exit_with_parent, quiet_process_pool
 
 _STATE_DIR = ".convert"
 
@@ -463,9 +463,7 @@ def _convert_shards(todo, num_workers: int | None, label: str, log) -> dict[str,
 def _run_workers(
     jobs: list[_ShardJob], num_workers: int, progress: _Progress
 ) -> dict[str, dict[str, Any]]:
-    # Spawn, never fork: a forked child of a process that already initialised TensorFlow hangs.
-    context = multiprocessing.get_context("spawn")
-    ticks = context.Queue()
+    ticks = multiprocessing.get_context("spawn").Queue()  # the pool's context (quiet_process_pool)
     states = {}
 
     def drain() -> None:
@@ -475,13 +473,8 @@ def _run_workers(
             except queue_lib.Empty:
                 return
 
-    # The workers import TensorFlow through `quiet_worker_start`, without its start-up noise.
-    with concurrent.futures.ProcessPoolExecutor(
-        num_workers,
-        mp_context=context,
-        initializer=quiet_worker_start,
-        initargs=(__name__, "_init_worker", ticks, os.getpid()),
-    ) as pool:
+    # The workers import TensorFlow without its start-up noise.
+    with quiet_process_pool(num_workers, __name__, "_init_worker", ticks, os.getpid()) as pool:
         futures = {pool.submit(_write_shard_in_worker, job): job for job in jobs}
         pending = set(futures)
         try:
