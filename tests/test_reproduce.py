@@ -149,6 +149,28 @@ def test_mean_std_over_seeds_and_unfinished_runs_retrain(tmp_path):
     assert "done: 4 runs (4 trained, 0 reused)" in progress
 
 
+def test_several_jobs_train_the_seeds_of_one_run_side_by_side(tmp_path, monkeypatch):
+    rows = [r for r in reproduce.ROWS if r.id in ("t3_fixed_1", "t3_fixed_50")]
+    the_plan = reproduce.plan(str(tmp_path), seeds=2, rows=rows, base_config=BASE)
+    submitted = []
+
+    def in_order(the_plan, to_train, train, jobs):  # the worker pool, without workers
+        submitted.extend(to_train)
+        for key in to_train:
+            config, workdir = reproduce._seeded(the_plan, *key)
+            train(config, workdir)
+            yield *key, reproduce.read_finished(workdir, config.trainer.epochs), 1.0
+
+    monkeypatch.setattr(reproduce, "_train_in_parallel", in_order)
+    reproduce.run(the_plan, train=_fake_train([]), log=open(os.devnull, "w"), jobs=2)
+    assert submitted == [
+        ("t3_fixed_1", 0),
+        ("t3_fixed_1", 1),
+        ("t3_fixed_50", 0),
+        ("t3_fixed_50", 1),
+    ]
+
+
 def test_an_interrupted_reproduction_continues_from_the_finished_runs(tmp_path):
     rows = [r for r in reproduce.ROWS if r.id in ("t5_fof", "t5_fcf")]
     the_plan = reproduce.plan(str(tmp_path), seeds=1, rows=rows, base_config=BASE)

@@ -5,9 +5,11 @@ motion demo: 2D ResNet-18 of width 16, 8-frame 56 x 56 clips, 8 classes) under o
 size and epochs, the same for every row), trained with `repflow_tf.training.train` for each seed
 into `<root>/<run id>/seed<k>`. Rows whose resolved configs are equal share one run (Table 1's
 flow after our `block2` is Table 2's "Divergence + θλτ", Table 3's learned 10 iterations and
-Table 5's single flow layer). `run` trains seed 0 of every row first, then seed 1, ..., so an
-interrupted reproduction already has a whole table; rerunning it continues: a run whose
-`summary.json` has every epoch is read, not trained, and a killed one resumes from its checkpoint.
+Table 5's single flow layer). With one job `run` trains seed 0 of every row first, then seed 1,
+..., so an interrupted reproduction already has a whole table; with several (`--jobs`) it trains
+the seeds of one row side by side, the pairs that share the CPU best. Rerunning continues: a run
+whose `summary.json` has every epoch is read, not trained, and a killed one resumes from its
+checkpoint.
 
 Position mapping (stated once, used everywhere): the paper counts conv1 as block 1, so the
 paper's "After Block 1" is our `flow_position="stem"` (after conv1 + max pool) and the paper's
@@ -364,7 +366,8 @@ def run(
     train: Callable[[ExperimentConfig, str], Any] | None = None,
     jobs: int = 1,
 ) -> dict[str, Any]:
-    """Trains (or reads) every run of the plan, seed 0 of every run first, and writes
+    """Trains (or reads) every run of the plan, seed 0 of every run first (with several jobs:
+    the seeds of one run side by side, the pairs that share 2 cores best), and writes
     `results.md`, `results.json` and `results.png` to the plan's root after each run (so an
     interrupted reproduction leaves the table so far). Returns the results (`results.json`).
 
@@ -395,10 +398,18 @@ def run(
         for key in runs:  # read back at once; then the others as they finish
             if finished[key] is not None:
                 progress.record(*key, finished[key], None)
-        pending = [key for key in runs if finished[key] is None]
+        pending = _seeds_side_by_side(the_plan, [key for key in runs if finished[key] is None])
         for run_id, seed, summary, seconds in _train_in_parallel(the_plan, pending, train, jobs):
             progress.record(run_id, seed, summary, seconds)
     return progress.done()
+
+
+def _seeds_side_by_side(the_plan: Plan, keys: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    """`(run id, seed)` keys, every run's seeds next to each other, for workers that take them in
+    order: two processes of the same row train 1.3-1.5x the steps per second of one process,
+    and two different rows only about 1.05x (module docstring)."""
+    position = {run_id: index for index, run_id in enumerate(the_plan.runs)}
+    return sorted(keys, key=lambda key: (position[key[0]], key[1]))
 
 
 def _seeded(the_plan: Plan, run_id: str, seed: int) -> tuple[ExperimentConfig, str]:
