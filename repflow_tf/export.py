@@ -279,10 +279,11 @@ def _input_specs(model: keras.Model, class_names: Sequence[str], pre: Preprocess
 
 
 def write_archive(model, class_names, preprocessing: Preprocessing, specs: list, path: str):
-    """Writes the SavedModel of `_archive` to `path`. Its flow layers iterate over the whole
-    batch at once: the chunked graph (`ops.CHUNK_BYTES`) is a CPU training speed-up that the
-    TFLite and ONNX converters do not take, and an export may run anywhere."""
-    with ops.default_chunk_bytes(0):
+    """Writes the SavedModel of `_archive` to `path`. Its flow layers run TensorFlow ops on the
+    whole batch at once (`ops.portable_graph`): an export may run anywhere, and neither the fused
+    CPU kernels (custom ops, loadable only where they are built) nor the chunked graph (which
+    the TFLite and ONNX converters do not take) go into it."""
+    with ops.portable_graph():
         _archive(model, class_names, preprocessing, specs).write_out(path, verbose=False)
 
 

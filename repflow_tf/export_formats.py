@@ -2,8 +2,8 @@
 
 Both are converted from the SavedModel `export.export_model` writes (its `serving_default`
 function: uint8 `frames` and/or float32 `optical_flow` -> `logits`, `probabilities`), traced with
-every flow layer on its plain-graph path (`jit_compile=False`: the XLA functions of the default
-path are not convertible to ONNX). An export is a folder:
+every flow layer on its plain-graph path (`jit_compile=False` inside `ops.portable_graph`: the
+XLA functions and the fused CPU kernels are not convertible). An export is a folder:
 
     <output>/model.tflite  (or model.onnx)   inputs and outputs named as in the SavedModel
     <output>/class_names.txt                 one name per line, in output order
@@ -69,8 +69,9 @@ _EXTRA = "pip install 'repflow_tf[export]'"
 
 @contextlib.contextmanager
 def plain_graph_flow(model: keras.Model) -> Iterator[None]:
-    """Within: every RepresentationFlow layer of `model` runs its iterations as plain graph
-    functions (`jit_compile=False`), so that what is traced holds no must-compile function."""
+    """Within: every RepresentationFlow layer of `model` runs without XLA (`jit_compile=False`),
+    so that what is traced holds no must-compile function: its fused CPU kernels where it uses
+    them by default, plain graph functions inside `ops.portable_graph()` (as exports trace)."""
     layers = [layer for layer in model._flatten_layers() if isinstance(layer, RepresentationFlow)]
     saved = [layer.jit_compile for layer in layers]
     for layer in layers:

@@ -104,10 +104,13 @@ class RepresentationFlow(keras.layers.Layer):
             the other groups are non-trainable weights.
         theta, lambda_, tau: initial θ, λ, τ.
         normalize: rescale each example's channels to [0, 255] before computing the flow.
-        jit_compile: run the iteration and its hand-written gradient as XLA-compiled functions
-            (True), as plain graph functions (False: no must-compile function, e.g. for
-            exports to runtimes without XLA), or `"auto"` (XLA: the fastest on CPU and GPU;
-            inside a model compiled with `jit_compile=True` everything is XLA anyway).
+        jit_compile: how the iteration and its hand-written gradient run. `"auto"` (default):
+            the fastest where the layer runs: on a machine without a GPU the fused CPU kernels
+            of `repflow_tf.native` (compiled on first use; where they cannot be built, XLA), with
+            a GPU XLA-compiled functions. True: XLA-compiled functions. False: no XLA: the fused
+            CPU kernels where they are used by default, else plain graph functions (no
+            must-compile function). Inside a model compiled with `jit_compile=True` it is XLA
+            in every case, and exports always trace plain TensorFlow ops (`ops.portable_graph`).
 
     Gradients are computed by hand (see `ops.tvl1_iterate`) for the inputs and for the weight
     groups that are trainable when the layer is called; frozen groups cost nothing (and get
@@ -247,6 +250,7 @@ class RepresentationFlow(keras.layers.Layer):
             num_iter=self.num_iter,
             learn=self._trainable_groups(),
             jit_compile=self.jit_compile is not False,
+            native=False if self.jit_compile is True else None,
         )
         out_shape = tf.concat([shape[:1], shape[1:2] - 1, shape[2:]], axis=0)
         flow = tf.concat([tf.reshape(flow_x, out_shape), tf.reshape(flow_y, out_shape)], axis=-1)

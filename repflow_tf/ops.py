@@ -7,7 +7,10 @@ points along the motion; ∇u is a forward difference whose last column/row is 0
 in front and correlates with [-1, 1], the negative adjoint of ∇u.
 
 The gradient of the iteration is written by hand (reverse mode, see `tvl1_iterate`): autodiff is
-never run through the loop.
+never run through the loop. Two implementations of the same math: TensorFlow ops in static while
+loops (below; XLA-compiled or plain graph functions: what runs on a GPU, inside XLA and in
+exports) and the fused CPU kernels of `repflow_tf.native` (the default on a machine without a
+GPU), which are tested against these ops and TensorFlow's autodiff of the plain loop.
 """
 
 from __future__ import annotations
@@ -22,6 +25,10 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
 from tensorflow.python.eager import context, record
+from tensorflow.python.ops import control_flow_util
+from tensorflow.python.saved_model import save_context
+
+from repflow_tf import native as native_kernels
 
 EPSILON = 1e-12
 # Height and width axes of (..., H, W, C) tensors: (N, H, W, C) frames and the (2, N, H, W, C)
@@ -895,6 +902,111 @@ def _iteration_op(
     return call
 
 
+# === The fused CPU kernels ===
+
+# Whether `tvl1_iterate(native=None)` runs the fused CPU kernels of repflow_tf.native: None picks
+# them where no GPU is visible and they could be built; True / False forces the choice. Set it
+# (or use `default_native`) before the model is traced.
+DEFAULT_NATIVE: bool | None = None
+_warned_unavailable = False
+
+
+def _custom_ops_unwelcome() -> bool:
+    """Whether ops created now go into an XLA-compiled function (which cannot run custom ops)
+    or are traced by `tf.saved_model.save` (a SavedModel holding them would load only where
+    repflow_tf's kernels are built and loaded)."""
+    return save_context.in_save_context() or control_flow_util.GraphOrParentsInXlaContext(
+        tf.compat.v1.get_default_graph()
+    )
+
+
+def resolved_native(native: bool | None = None) -> bool:
+    """Whether `tvl1_iterate(native=native)` runs the fused CPU kernels (outside XLA).
+
+    None is `DEFAULT_NATIVE`; where that is None too: the kernels where no GPU is visible and
+    they can be built (on first use, see repflow_tf.native), else the TensorFlow ops (with a
+    one-time warning when the kernels failed to build). True raises if they are unavailable.
+    """
+    global _warned_unavailable
+    if native is None:
+        native = DEFAULT_NATIVE
+    if native is not None:
+        if not isinstance(native, bool):
+            raise ValueError(f"`native` must be True, False or None. Received: native={native!r}")
+        if native:
+            native_kernels.library()  # raises NativeKernelsUnavailable with the reason
+        return native
+    if tf.config.list_logical_devices("GPU"):
+        return False
+    if native_kernels.available():
+        return True
+    reason = native_kernels.unavailable_reason()
+    if not _warned_unavailable and native_kernels.SWITCH_VARIABLE not in reason:
+        _warned_unavailable = True
+        tf.get_logger().warning(
+            f"repflow_tf: {reason}; the flow layer runs its XLA path on this CPU instead "
+            f"(several times slower; {native_kernels.SWITCH_VARIABLE}=0 silences this)"
+        )
+    return False
+
+
+@contextlib.contextmanager
+def default_native(native: bool | None):
+    """Within, flow iterations traced anew use `native` by default (False: TensorFlow ops only,
+    as exports need: a SavedModel holding the custom ops loads only where they are built).
+
+    >>> with default_native(False):
+    ...     resolved_native()
+    False
+    """
+    global DEFAULT_NATIVE
+    saved, DEFAULT_NATIVE = DEFAULT_NATIVE, native
+    try:
+        yield
+    finally:
+        DEFAULT_NATIVE = saved
+
+
+@contextlib.contextmanager
+def portable_graph():
+    """Within, flow iterations traced anew use TensorFlow ops on the whole batch: no custom op,
+    no chunked tf.map_fn graph (which the TFLite and ONNX converters do not take). Exports
+    trace their graphs inside, since an export may run anywhere.
+
+    >>> with portable_graph():
+    ...     resolved_native(), resolved_chunk_bytes()
+    (False, 0)
+    """
+    with default_native(False), default_chunk_bytes(0):
+        yield
+
+
+@functools.cache
+def _native_op(num_iter: int, interval: int, learn: tuple[str, ...]):
+    """The fused kernels as one differentiable op: RepflowTvl1 and, as its gradient,
+    RepflowTvl1Grad (which recomputes the forward per frame pair: nothing is stored between
+    the two). `interval` 0 lets the kernel choose how many states it keeps."""
+    library = native_kernels.library()
+    grad_attrs = {
+        "num_iter": num_iter,
+        "checkpoint_every": interval,
+        "learn_sobel": "sobel" in learn,
+        "learn_divergence": "divergence" in learn,
+        "learn_hyper": "hyper" in learn,
+    }
+
+    @tf.custom_gradient
+    def iteration(*inputs):
+        flow = library.repflow_tvl1(*inputs, num_iter=num_iter)
+
+        def gradient(grad_x, grad_y):
+            return library.repflow_tvl1_grad(*inputs, grad_x, grad_y, **grad_attrs)
+
+        return tuple(flow), gradient
+
+    return iteration
+
+
 def tvl1_iterate(
     frame1: tf.Tensor,
     frame2: tf.Tensor,
@@ -910,6 +1022,7 @@ def tvl1_iterate(
     jit_compile: bool = True,
     checkpoint_every: int | None = None,
     chunk_bytes: int | None = None,
+    native: bool | None = None,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Runs Algorithm 1 with explicit (possibly learnable) kernels and θ, λ, τ.
 
@@ -924,8 +1037,17 @@ def tvl1_iterate(
     forward. Gradients reach only the groups in `learn` (a subset of LEARNABLE_GROUPS; the
     others get zeros and cost nothing) and always both frames.
 
-    `jit_compile` runs the forward and backward as XLA-compiled functions (fastest on CPU and
-    GPU); with False they are plain graph functions (no must-compile function anywhere).
+    `native` (None: `resolved_native()`, the kernels on a machine without a GPU) runs the fused
+    CPU kernels of repflow_tf.native instead of TensorFlow ops, except inside an XLA-compiled
+    function, which cannot hold them, and while `tf.saved_model.save` traces (a function
+    traced before and saved then holds them: load such a SavedModel after
+    `native.library()`). They recompute the forward inside the gradient, per frame pair,
+    keeping every state of a pair (or, past 8 MB, every k-th) in a per-thread scratch: nothing
+    the size of the batch is stored between forward and backward. `jit_compile` and
+    `chunk_bytes` do not apply to them; `checkpoint_every` does, per pair.
+
+    The TensorFlow ops: `jit_compile` runs the forward and backward as XLA-compiled functions
+    (what a GPU wants); with False they are plain graph functions (no must-compile function).
     `chunk_bytes` > 0 runs both over chunks of frame pairs whose frame-batch tensors hold at
     most that many bytes (at least one pair), so that an iteration's tensors stay in the CPU's
     cache (`CHUNK_BYTES` is the measured best on a 2-core CPU); 0 runs the whole batch at once
@@ -950,6 +1072,7 @@ def tvl1_iterate(
             "`checkpoint_every` must be a positive integer or None. "
             f"Received: checkpoint_every={checkpoint_every!r}"
         )
+    use_native = resolved_native(native) and not _custom_ops_unwelcome()
     frame1 = tf.convert_to_tensor(frame1)
     dtype = tf.float64 if frame1.dtype == tf.float64 else tf.float32
     inputs = [
@@ -963,9 +1086,13 @@ def tvl1_iterate(
         tau,
     ]
     inputs = [tf.cast(value, dtype) for value in inputs]
+    chunk_bytes = resolved_chunk_bytes(chunk_bytes)  # checked whichever path runs
+    if use_native:
+        return _native_op(int(num_iter), 0 if checkpoint_every is None else int(interval), learn)(
+            *inputs
+        )
     channels = inputs[0].shape[-1]
     kernel_shapes = tuple(tuple(kernel.shape.as_list()) for kernel in inputs[2:8])
-    chunk_bytes = resolved_chunk_bytes(chunk_bytes)
     op = _iteration_op(
         int(num_iter),
         int(interval),

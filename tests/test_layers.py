@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from repflow_tf import options
+from repflow_tf import ops, options
 from repflow_tf.benchmarks import references
 from repflow_tf.layers import (
     ClipByValue,
@@ -334,8 +334,12 @@ def test_realistic_fit_with_autodiff_through_the_loop_fails_under_grappler():
         _realistic_fit(plain_autodiff=True)
 
 
-def test_realistic_fit_with_the_hand_written_gradient_and_xla_off_passes():
-    history = _realistic_fit(plain_autodiff=False)
+@pytest.mark.parametrize("native", [False, True])
+def test_realistic_fit_with_the_hand_written_gradient_and_xla_off_passes(native):
+    """The same fit passes with the TensorFlow ops' hand-written gradient (their while loops in
+    plain graph functions, under grappler) and with the fused CPU kernels."""
+    with ops.default_native(native):
+        history = _realistic_fit(plain_autodiff=False)
     assert np.all(np.isfinite(history.history["loss"]))
 
 
@@ -346,17 +350,17 @@ def test_saved_model_without_xla_holds_no_must_compile_function(tmp_path):
         inputs = keras.Input((3, 6, 7, 2))
         model = keras.Model(inputs, RepresentationFlow(num_iter=3, jit_compile=jit_compile)(inputs))
         path = str(tmp_path / f"jit_{jit_compile}")
-        tf.saved_model.save(
-            model,
-            path,
-            signatures=tf.function(model.call).get_concrete_function(
-                tf.TensorSpec([None, None, 6, 7, 2], tf.float32)
-            ),
+        # Traced by the save itself: the fused CPU kernels (the default here) stay out of it.
+        signature = tf.function(
+            model.call, input_signature=[tf.TensorSpec([None, None, 6, 7, 2], tf.float32)]
         )
+        tf.saved_model.save(model, path, signatures=signature)
         saved = saved_model_pb2.SavedModel()
         with open(f"{path}/saved_model.pb", "rb") as file:
             saved.ParseFromString(file.read())
         library = saved.meta_graphs[0].graph_def.library.function
+        op_types = {node.op for f in library for node in f.node_def}
+        assert not op_types & {"RepflowTvl1", "RepflowTvl1Grad"}
         flagged = [f.signature.name for f in library if f.attr["_XlaMustCompile"].b]
         loaded = tf.saved_model.load(path)
         clips = tf.constant(moving_clips((2, 3, 6, 7, 2), seed=30))
@@ -763,3 +767,28 @@ def test_option_names_are_defined_once_in_ops():
 
     assert layers.FLOW_STACKS is options.FLOW_STACKS
     assert layers.LEARNABLE_GROUPS is options.LEARNABLE_GROUPS
+
+
+def test_the_default_runs_the_fused_cpu_kernels_and_jit_compile_true_runs_xla():
+    """No GPU here: "auto" and False run the fused kernels, True XLA; all give the same flow."""
+    clips = tf.constant(moving_clips((2, 3, 6, 7, 2), seed=40))
+
+    def op_types(layer):
+        def flow_and_gradient(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                out = layer(x)
+                loss = tf.reduce_sum(out * out)
+            return out, tape.gradient(loss, x)
+
+        graph = tf.function(flow_and_gradient).get_concrete_function(clips).graph.as_graph_def()
+        nodes = [*graph.node, *(n for f in graph.library.function for n in f.node_def)]
+        return {node.op for node in nodes}, flow_and_gradient(clips)
+
+    results = {}
+    for jit_compile in ("auto", False, True):
+        types, results[jit_compile] = op_types(RepresentationFlow(3, jit_compile=jit_compile))
+        assert ("RepflowTvl1Grad" in types) is (jit_compile is not True), jit_compile
+    for jit_compile in (False, True):
+        for got, want in zip(results[jit_compile], results["auto"], strict=True):
+            assert rel_diff(got, want) < 1e-4, jit_compile

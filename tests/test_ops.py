@@ -1,5 +1,10 @@
 """Tests of repflow_tf.ops (Algorithm 1) against the independent float64 reference.
 
+The math has two implementations: the fused CPU kernels of repflow_tf.native (the default on a
+machine without a GPU) and TensorFlow ops (XLA-compiled or plain graph functions). Tests of what
+the iteration computes run on both (the `implementation` fixture); tests of how the TensorFlow
+ops are traced, chunked and checkpointed pin them with `native=False`.
+
 View the printed end-point-error table (ours vs skimage) with:
 
     pytest tests/test_ops.py -k real -s
@@ -14,10 +19,19 @@ import pytest
 import reference_flow
 import tensorflow as tf
 
-from repflow_tf import ops
+from repflow_tf import native, ops
 from repflow_tf.benchmarks import references
 
 GRADIENTS = ("sobel", "central")
+# ops.DEFAULT_NATIVE for each implementation: the fused CPU kernels, and TensorFlow ops.
+IMPLEMENTATIONS = {"native": True, "tf_ops": False}
+
+
+@pytest.fixture(params=list(IMPLEMENTATIONS))
+def implementation(request):
+    """Runs a test with the fused kernels, then with TensorFlow ops, as the default."""
+    with ops.default_native(IMPLEMENTATIONS[request.param]):
+        yield request.param
 
 
 def _frames(shape, seed):
@@ -30,7 +44,7 @@ def _frames(shape, seed):
 
 @pytest.mark.parametrize("gradient", GRADIENTS)
 @pytest.mark.parametrize("shape", [(2, 9, 13, 3), (1, 16, 16, 1), (1, 7, 20, 2)])
-def test_agrees_with_reference(shape, gradient):
+def test_agrees_with_reference(implementation, shape, gradient):
     f1, f2 = _frames(shape, seed=sum(shape))
     flow_x, flow_y = ops.tvl1_flow(
         f1.astype(np.float32), f2.astype(np.float32), num_iter=30, gradient=gradient
@@ -44,7 +58,7 @@ def test_agrees_with_reference(shape, gradient):
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 5, 1), (1, 4, 1, 2), (1, 1, 1, 1)])
-def test_agrees_with_reference_on_degenerate_shapes(shape):
+def test_agrees_with_reference_on_degenerate_shapes(implementation, shape):
     """Single-row / single-column / single-pixel maps: all the edge handling, no interior."""
     f1, f2 = _frames(shape, seed=5)
     for gradient in GRADIENTS:
@@ -56,7 +70,7 @@ def test_agrees_with_reference_on_degenerate_shapes(shape):
             np.testing.assert_allclose(got.numpy(), want, atol=1e-3)
 
 
-def test_constant_frames_give_finite_zero_flow():
+def test_constant_frames_give_finite_zero_flow(implementation):
     """|grad F2| = 0 everywhere: g = 1e-12 keeps rho / g finite and the flow stays 0, not NaN."""
     frame = np.full((1, 6, 7, 2), 7.0, np.float32)
     for flow in ops.tvl1_flow(frame, frame + 3.0, num_iter=10):
@@ -64,7 +78,7 @@ def test_constant_frames_give_finite_zero_flow():
         np.testing.assert_array_equal(flow.numpy(), 0.0)
 
 
-def test_channels_are_independent():
+def test_channels_are_independent(implementation):
     """Each channel's flow depends only on that channel (depthwise kernels, no C x C mixing)."""
     f1, f2 = _frames((1, 8, 10, 3), seed=3)
     full_x, full_y = ops.tvl1_flow(f1.astype(np.float32), f2.astype(np.float32), num_iter=10)
@@ -85,7 +99,7 @@ def _smooth_blob(h=24, w=24):
 
 @pytest.mark.parametrize("gradient", GRADIENTS)
 @pytest.mark.parametrize("axis", ["x", "y"])
-def test_direction_convention(axis, gradient):
+def test_direction_convention(implementation, axis, gradient):
     """Content moving right gives u_x > 0, content moving down gives u_y > 0."""
     image = _smooth_blob()
     moved = np.roll(image, 1, axis=1 if axis == "x" else 0)  # +1 px right (x) or down (y)
@@ -221,7 +235,7 @@ def _graph_stats(num_iter, jit_compile):
     def loss_and_gradient(a, b):
         with tf.GradientTape() as tape:
             tape.watch([a, b])
-            u_x, u_y = _default_iterate(a, b, num_iter, jit_compile=jit_compile)
+            u_x, u_y = _default_iterate(a, b, num_iter, jit_compile=jit_compile, native=False)
             loss = tf.reduce_sum(u_x) + tf.reduce_sum(u_y)
         return tape.gradient(loss, [a, b])
 
@@ -362,7 +376,7 @@ def _moved(params, name, direction, step):
 
 
 @pytest.mark.parametrize("mode", ["eager", "tf_function"])
-def test_iterate_gradients_match_finite_differences(mode):
+def test_iterate_gradients_match_finite_differences(implementation, mode):
     """Directional derivatives: tf.GradientTape vs central differences.
 
     Algorithm 1 is only piecewise smooth: the thresholding step switches between three cases
@@ -501,17 +515,25 @@ def test_hard_inputs_hit_every_threshold_case_and_a_flat_region():
 
 
 _CHECKPOINTS = [(1, None), (7, None), (7, 1), (7, 3), (20, None), (20, 20)]
+# tvl1_iterate's arguments for each way of running the iteration.
+_PATHS = {
+    "native": {"native": True},
+    "graph": {"native": False, "jit_compile": False},
+    "xla": {"native": False, "jit_compile": True},
+}
 
 
 # XLA with the default checkpoint interval (one compile each: most of a case's time); the
 # segment walk that other intervals change is the same code with or without XLA.
 @pytest.mark.parametrize(
-    "num_iter, checkpoint_every, jit_compile",
-    [(*case, False) for case in _CHECKPOINTS]
-    + [(*case, True) for case in _CHECKPOINTS if case[1] is None],
+    "num_iter, checkpoint_every, path",
+    [(*case, "native") for case in _CHECKPOINTS]
+    + [(*case, "graph") for case in _CHECKPOINTS]
+    + [(*case, "xla") for case in _CHECKPOINTS if case[1] is None],
 )
-def test_gradient_equals_autodiff_of_the_plain_loop(num_iter, checkpoint_every, jit_compile):
-    """float64: w.r.t. both frames, all six kernels and theta, lambda, tau, to 1e-6 relative."""
+def test_gradient_equals_autodiff_of_the_plain_loop(num_iter, checkpoint_every, path):
+    """float64: w.r.t. both frames, all six kernels and theta, lambda, tau, to 1e-6 relative
+    (the fused kernels and the TensorFlow ops, with and without XLA)."""
     inputs = _hard_inputs()
     weights = tf.constant(np.random.default_rng(3).normal(size=(2, *inputs[0].shape)))
     ours = _gradients(
@@ -519,8 +541,8 @@ def test_gradient_equals_autodiff_of_the_plain_loop(num_iter, checkpoint_every, 
         inputs,
         weights,
         num_iter,
-        jit_compile=jit_compile,
         checkpoint_every=checkpoint_every,
+        **_PATHS[path],
     )
     reference = _gradients(references.autodiff_iterate, inputs, weights, num_iter)
     for name, got, want in zip(_ALL_INPUTS, ours, reference, strict=True):
@@ -538,15 +560,12 @@ def test_chunks_of_pairs_give_the_unchunked_flow_and_exact_gradients(jit_compile
     inputs = _hard_inputs(shape=(3, 9, 11, 3))
     pair_bytes = 9 * 11 * 3 * 8
     weights = tf.constant(np.random.default_rng(6).normal(size=(2, *inputs[0].shape)))
-    whole = _iterate(ops.tvl1_iterate, inputs, 7, jit_compile=jit_compile, chunk_bytes=0)
-    chunked = _iterate(
-        ops.tvl1_iterate, inputs, 7, jit_compile=jit_compile, chunk_bytes=2 * pair_bytes
-    )
+    tf_ops = {"jit_compile": jit_compile, "native": False}
+    whole = _iterate(ops.tvl1_iterate, inputs, 7, chunk_bytes=0, **tf_ops)
+    chunked = _iterate(ops.tvl1_iterate, inputs, 7, chunk_bytes=2 * pair_bytes, **tf_ops)
     for got, want in zip(chunked, whole, strict=True):
         np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-12, atol=1e-12)
-    ours = _gradients(
-        ops.tvl1_iterate, inputs, weights, 7, jit_compile=jit_compile, chunk_bytes=2 * pair_bytes
-    )
+    ours = _gradients(ops.tvl1_iterate, inputs, weights, 7, chunk_bytes=2 * pair_bytes, **tf_ops)
     reference = _gradients(references.autodiff_iterate, inputs, weights, 7)
     for name, got, want in zip(_ALL_INPUTS, ours, reference, strict=True):
         want = want.numpy()
@@ -574,14 +593,14 @@ def test_the_default_chunk_size_follows_the_visible_devices(monkeypatch, gpus, s
     monkeypatch.setattr(
         ops, "_iteration_op", lambda *args: used.append(args[4]) or (lambda *inputs: inputs[:2])
     )
-    with ops.default_chunk_bytes(setting):
+    with ops.default_chunk_bytes(setting), ops.default_native(False):
         assert ops.resolved_chunk_bytes() == expected
         _iterate(ops.tvl1_iterate, _hard_inputs(), 3)
     assert used == [expected]
     assert ops.DEFAULT_CHUNK_BYTES is None  # restored
 
 
-def test_frozen_groups_get_zero_gradients_and_the_others_are_unchanged():
+def test_frozen_groups_get_zero_gradients_and_the_others_are_unchanged(implementation):
     # Which groups the backward computes is decided while tracing, the same for every path:
     # the plain whole-batch graph spares six XLA compiles (test_gradient_equals_... covers XLA).
     inputs = _hard_inputs()
@@ -611,7 +630,7 @@ def test_traced_once_for_any_batch_and_frame_size(jit_compile):
         with tf.GradientTape() as tape:
             tape.watch(frames)
             u_x, _ = _default_iterate(
-                frames, frames[::-1], 11, gradient="central", jit_compile=jit_compile
+                frames, frames[::-1], 11, gradient="central", jit_compile=jit_compile, native=False
             )
         assert tape.gradient(u_x, frames).shape == shape
     traced = {key: ops.TRACE_COUNTS[key] - before.get(key, 0) for key in ("forward", "backward")}
@@ -626,7 +645,9 @@ def test_learned_groups_share_the_forward_and_each_get_their_own_backward():
     before = dict(ops.TRACE_COUNTS)
     for learn in [("divergence",), ("hyper",), ("divergence",)]:
         # Tracing is the same with and without XLA; the plain graph spares three compiles.
-        _gradients(ops.tvl1_iterate, inputs, weights, 13, learn=learn, jit_compile=False)
+        _gradients(
+            ops.tvl1_iterate, inputs, weights, 13, learn=learn, jit_compile=False, native=False
+        )
     traced = {key: ops.TRACE_COUNTS[key] - before.get(key, 0) for key in ("forward", "backward")}
     assert traced == {"forward": 1, "backward": 2}
 
@@ -640,7 +661,7 @@ def test_many_configurations_trace_once_each_without_a_retracing_warning(caplog)
     with caplog.at_level(logging.WARNING):
         for num_iter in range(31, 38):
             for _ in range(2):
-                _default_iterate(frames, frames[::-1], num_iter, jit_compile=False)
+                _default_iterate(frames, frames[::-1], num_iter, jit_compile=False, native=False)
     assert ops.TRACE_COUNTS["inference"] - before == 7
     assert "retracing" not in caplog.text
 
@@ -666,7 +687,9 @@ def test_plain_graph_calls_run_without_grappler_memory_optimizer():
     def loss_and_gradient(a):
         with tf.GradientTape() as tape:
             tape.watch(a)
-            u_x, _ = _iterate(ops.tvl1_iterate, [a, *inputs[1:]], 4, jit_compile=False)
+            u_x, _ = _iterate(
+                ops.tvl1_iterate, [a, *inputs[1:]], 4, jit_compile=False, native=False
+            )
         return tape.gradient(u_x, a)
 
     graph = tf.function(loss_and_gradient).get_concrete_function(spec).graph
@@ -684,7 +707,7 @@ def test_plain_graph_calls_run_without_grappler_memory_optimizer():
     assert all(c == rewriter_config_pb2.RewriterConfig.NO_MEM_OPT for c in configs), configs
 
 
-def test_function_traced_without_a_tape_still_differentiates():
+def test_function_traced_without_a_tape_still_differentiates(implementation):
     """Traced with no tape recording, the forward stores no checkpoints; a gradient taken
     later through the function (tf.function's own gradient) recomputes them."""
     inputs = _hard_inputs()
@@ -699,10 +722,147 @@ def test_function_traced_without_a_tape_still_differentiates():
     traced = tf.function(loss)
     before = ops.TRACE_COUNTS["inference"]
     traced(inputs[1])  # traced here, outside any tape
-    assert ops.TRACE_COUNTS["inference"] == before + 1
+    # The TensorFlow ops trace their checkpoint-free forward here; the fused kernels never store.
+    assert ops.TRACE_COUNTS["inference"] == before + (implementation == "tf_ops")
     with tf.GradientTape() as tape:
         tape.watch(inputs[1])
         value = traced(inputs[1])
     got = tape.gradient(value, inputs[1])
     want = _gradients(references.autodiff_iterate, inputs, weights, 9)[1]
     np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-9, atol=1e-9)
+
+
+# === The fused CPU kernels (repflow_tf.native) ===
+
+
+def _op_types(fn, *specs):
+    graph = tf.function(fn).get_concrete_function(*specs).graph
+    graph_def = graph.as_graph_def()
+    return {
+        n.op
+        for n in [*graph_def.node, *(n for f in graph_def.library.function for n in f.node_def)]
+    }
+
+
+def _loss_and_gradient(frames):
+    with tf.GradientTape() as tape:
+        tape.watch(frames)
+        u_x, u_y = _default_iterate(frames[:-1], frames[1:], 6)
+        loss = tf.reduce_sum(u_x * u_x) + tf.reduce_sum(u_y)
+    return loss, tape.gradient(loss, frames)
+
+
+def test_the_fused_kernels_run_by_default_on_a_cpu_and_never_inside_xla():
+    """No GPU here: the default is the fused kernels, forward and gradient. Inside an
+    XLA-compiled function (which cannot run custom ops) the TensorFlow ops run instead, with
+    the same result."""
+    spec = tf.TensorSpec((3, 10, 12, 4), tf.float32)
+    assert ops.resolved_native()
+    assert {"RepflowTvl1", "RepflowTvl1Grad"} <= _op_types(_loss_and_gradient, spec)
+    with ops.default_native(False):
+        assert not {"RepflowTvl1", "RepflowTvl1Grad"} & _op_types(_loss_and_gradient, spec)
+    frames = tf.constant(np.random.default_rng(2).uniform(0, 255, (3, 10, 12, 4)), tf.float32)
+    inside_xla = tf.function(_loss_and_gradient, jit_compile=True)
+    xla_types = _op_types(inside_xla, spec)
+    assert "RepflowTvl1" not in xla_types and xla_types & {"While", "StatelessWhile"}
+    native_loss, native_grad = _loss_and_gradient(frames)
+    xla_loss, xla_grad = inside_xla(frames)
+    np.testing.assert_allclose(xla_loss.numpy(), native_loss.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(xla_grad.numpy(), native_grad.numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "shape, num_iter",
+    [
+        ((2, 16, 16, 7), 9),  # float64 at 16 x 16: units of 6 channels, the last one of 1
+        ((1, 100, 90, 1), 20),  # 100 x 90: every state of a unit is over 8 MB, every 5th kept
+    ],
+)
+def test_the_fused_kernels_split_channels_and_keep_fewer_states_on_large_maps(shape, num_iter):
+    inputs = _hard_inputs(shape=shape, seed=13)
+    weights = tf.constant(np.random.default_rng(9).normal(size=(2, *shape)))
+    flow = _iterate(ops.tvl1_iterate, inputs, num_iter, native=True)
+    want_flow = _iterate(references.autodiff_iterate, inputs, num_iter)
+    for got, want in zip(flow, want_flow, strict=True):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-9, atol=1e-9)
+    ours = _gradients(ops.tvl1_iterate, inputs, weights, num_iter, native=True)
+    reference = _gradients(references.autodiff_iterate, inputs, weights, num_iter)
+    for name, got, want in zip(_ALL_INPUTS, ours, reference, strict=True):
+        want = want.numpy()
+        assert np.max(np.abs(want)) > 0, name
+        error = np.max(np.abs(got.numpy() - want)) / np.max(np.abs(want))
+        assert error < 1e-6, f"{name}: relative error {error:.2e}"
+
+
+def test_the_fused_kernels_check_their_inputs():
+    """The op refuses what would make it read out of bounds (tvl1_iterate checks first)."""
+    library = native.library()
+    inputs = [tf.cast(value, tf.float32) for value in _hard_inputs()]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="image-gradient kernels"):
+        library.repflow_tvl1(inputs[0], inputs[1], inputs[2][..., :1, :], *inputs[3:], num_iter=2)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="same shape"):
+        library.repflow_tvl1(inputs[0], inputs[1][:1], *inputs[2:], num_iter=2)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="shaped like the frames"):
+        library.repflow_tvl1_grad(*inputs, inputs[0][:1], inputs[0], num_iter=2)
+
+
+def test_a_cached_build_is_loaded_without_compiling(monkeypatch):
+    native.library()
+    compiler = native._compiler()
+    key = native._build_key(compiler)
+
+    def no_compiler(command, **kwargs):
+        raise AssertionError(f"compiled again: {command[0]}")
+
+    monkeypatch.setattr(native.subprocess, "run", no_compiler)
+    assert native._build(compiler, key).name == f"tvl1_kernels-{key}.so"
+
+
+@pytest.fixture
+def fresh_native_build(monkeypatch, tmp_path):
+    """native's loader forgets its library (and ops its warning) for the test, then again after."""
+    monkeypatch.setenv(native.CACHE_VARIABLE, str(tmp_path / "cache"))
+    monkeypatch.setattr(ops, "_warned_unavailable", False)
+    native._load.cache_clear()
+    yield tmp_path
+    native._load.cache_clear()
+
+
+def test_without_a_compiler_the_tf_ops_run_after_one_warning(
+    fresh_native_build, monkeypatch, caplog
+):
+    monkeypatch.setenv("CXX", str(fresh_native_build / "no-such-compiler"))
+    assert not native.available()
+    assert "no C++ compiler" in native.unavailable_reason()
+    assert "set CXX" in native.unavailable_reason()
+    with caplog.at_level(logging.WARNING):
+        assert not ops.resolved_native()
+        assert not ops.resolved_native()
+    assert caplog.text.count("the flow layer runs its XLA path") == 1
+    with pytest.raises(native.NativeKernelsUnavailable, match="no C\\+\\+ compiler"):
+        ops.resolved_native(True)
+    frames = tf.constant(np.random.default_rng(2).uniform(0, 255, (2, 6, 7, 2)), tf.float32)
+    flow_x, _ = _default_iterate(frames[:1], frames[1:], 4)  # TensorFlow ops: still a flow
+    assert flow_x.shape == (1, 6, 7, 2) and np.any(flow_x.numpy())
+
+
+def test_a_failed_build_says_why_and_keeps_its_log(fresh_native_build, monkeypatch):
+    compiler = fresh_native_build / "broken-compiler"
+    compiler.write_text("#!/bin/sh\necho 'tvl1_kernels.cc:1: error: no headers here' >&2\nexit 1\n")
+    compiler.chmod(0o755)
+    monkeypatch.setenv("CXX", str(compiler))
+    assert not native.available()
+    reason = native.unavailable_reason()
+    assert "compiling tvl1_kernels.cc failed: tvl1_kernels.cc:1: error: no headers here" in reason
+    log = reason.split("(log: ")[1].rstrip(")")
+    assert "no headers here" in open(log).read()
+
+
+def test_the_switch_turns_the_kernels_off_without_a_warning(
+    fresh_native_build, monkeypatch, caplog
+):
+    monkeypatch.setenv(native.SWITCH_VARIABLE, "0")
+    with caplog.at_level(logging.WARNING):
+        assert not ops.resolved_native()
+    assert "turned off by REPFLOW_TF_NATIVE=0" in native.unavailable_reason()
+    assert "XLA path" not in caplog.text

@@ -7,8 +7,8 @@ trainable variable; median of `repeats` timed calls after one warm-up call):
   map, 20 iterations, learn=("divergence", "hyper");
 * ``rgb224``: `RepresentationFlow` on a (1, 8, 224, 224, 3) RGB clip, same settings;
 * ``resnet18``: one `train_on_batch` of a 2D ResNet-18 (base width 32) on 4 clips x 8 frames x
-  112 x 112, SGD: RGB only, and with a learned flow block after block 1 (28 x 28), in chunks
-  and on the whole batch;
+  112 x 112, SGD: RGB only, and with a learned flow block after block 1 (28 x 28) on the
+  default path (the fused CPU kernels here) and on the XLA path in chunks;
 * ``memory50``: peak memory of the flow block at 50 iterations, forward and forward + backward,
   each in a fresh process;
 * ``onednn``: the ``resnet18`` train steps (RGB only, learned flow after block 1 in chunks) with
@@ -19,10 +19,12 @@ trainable variable; median of `repeats` timed calls after one warm-up call):
   on TF 2.21's oneDNN on an AVX2 CPU it is 30-90% wrong and can corrupt the heap, which is why
   repflow_tf leaves TensorFlow's choice of kernels alone.
 
-Implementations: ``ours`` (the hand-written gradient, XLA-compiled, over chunks of frame pairs
-sized for the CPU's cache: `ops.CHUNK_BYTES`, opt-in for now), ``ours_whole`` (the same on the
-whole batch at once: today's default, and what a GPU wants), ``ours_graph`` (``ours`` with
-``jit_compile=False``), ``autodiff_graph``
+Implementations: ``ours`` (the layer's default where it runs: on a machine without a GPU the
+fused CPU kernels of `repflow_tf.native`, forward and hand-written gradient), ``ours_xla`` (the
+TensorFlow ops with their hand-written gradient, XLA-compiled, over chunks of frame pairs sized
+for the CPU's cache: `ops.CHUNK_BYTES`; the default before the fused kernels), ``ours_whole``
+(the same on the whole batch at once: what a GPU runs), ``ours_graph`` (the TensorFlow ops
+with ``jit_compile=False``), ``autodiff_graph``
 (TensorFlow's autodiff through the plain while loop, `references.autodiff_iterate`, in
 `tf.function` without XLA; grappler's memory optimizer is off for it, since with it on the fit
 crashes, see DESIGN.md) and ``autodiff_xla`` (the same loop, autodiff inside one XLA function).
@@ -34,6 +36,7 @@ minus the resident set before the cell built its model and input.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -48,13 +51,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from repflow_tf import ops
+from repflow_tf import native, ops
 from repflow_tf.benchmarks import references
 from repflow_tf.config import ModelConfig
 from repflow_tf.layers import FlowBlock, RepresentationFlow
 from repflow_tf.startup import ONEDNN_VARIABLE, onednn_enabled
 
-IMPLS = ("ours", "ours_whole", "ours_graph", "autodiff_graph", "autodiff_xla")
+IMPLS = ("ours", "ours_xla", "ours_whole", "ours_graph", "autodiff_graph", "autodiff_xla")
 CASES = ("flow_block", "rgb224", "resnet18", "memory50", "onednn")
 KERNELS = ("eigen", "onednn")
 CONV_GRADIENT = "conv_gradient"  # the onednn case's accuracy cells: f"{CONV_GRADIENT}_{kernels}"
@@ -86,7 +89,8 @@ def _moving_features(shape, seed):
 
 
 def _flow_layer(case: str, impl: str, num_iter: int) -> keras.Layer:
-    jit_compile = impl != "ours_graph"
+    # "auto" (the default) runs what `_implementation` chose; the plain graph turns XLA off.
+    jit_compile = False if impl == "ours_graph" else "auto"
     if case == "rgb224":
         return RepresentationFlow(num_iter=num_iter, learn=_LEARN, jit_compile=jit_compile)
     return FlowBlock(channels_reduced=32, num_iter=num_iter, learn=_LEARN, jit_compile=jit_compile)
@@ -217,11 +221,7 @@ def _timed_cell(case: str, impl: str, direction: str, settings: Settings) -> dic
     """`time_calls`'s record of one timed cell."""
     keras.utils.set_random_seed(settings.seed)
     meter = MemoryMeter()
-    if impl.startswith("autodiff"):
-        patched = references.autodiff_layers()
-    else:
-        patched = ops.default_chunk_bytes(0 if impl.endswith("_whole") else ops.CHUNK_BYTES)
-    with patched:  # the autodiff loop is patched in while the functions trace
+    with _implementation(impl):  # in force while the functions trace
         if case in ("resnet18", "onednn"):
             fn = _resnet_step(flow=not impl.startswith("rgb_only"), seed=settings.seed)
         else:
@@ -232,6 +232,21 @@ def _timed_cell(case: str, impl: str, direction: str, settings: Settings) -> dic
         if impl == "autodiff_graph":
             fn = _without_memory_optimizer(fn)
         return time_calls(fn, settings.repeats, settings.cell_seconds, meter)
+
+
+@contextlib.contextmanager
+def _implementation(impl: str):
+    """Within, flow layers traced anew run `impl` (a timed cell's impl or ResNet model)."""
+    if impl.startswith("autodiff"):
+        with references.autodiff_layers():
+            yield
+    elif impl.endswith(("_xla", "_whole", "_graph")):  # the TensorFlow ops
+        chunk_bytes = 0 if impl.endswith("_whole") else ops.CHUNK_BYTES
+        with ops.default_native(False), ops.default_chunk_bytes(chunk_bytes):
+            yield
+    else:  # the defaults: the fused CPU kernels where no GPU is visible
+        with ops.default_native(None), ops.default_chunk_bytes(None):
+            yield
 
 
 def conv_gradient_error() -> float:
@@ -295,7 +310,7 @@ def _cells(settings: Settings) -> Iterable[tuple[str, str, str, bool]]:
     """(case, impl, direction, isolated) of every cell of the run."""
     for case in settings.cases:
         if case == "resnet18":
-            for impl in ("rgb_only", "flow_block1", "flow_block1_whole"):
+            for impl in ("rgb_only", "flow_block1", "flow_block1_xla"):
                 yield case, impl, "train_step", False
             continue
         if case == "onednn":
@@ -342,7 +357,8 @@ def report(results: list[dict], settings: Settings) -> str:
         f"TF {tf.__version__}, Keras {keras.__version__}, Python {platform.python_version()}, "
         f"{'GPU' if tf.config.list_logical_devices('GPU') else 'CPU'} "
         f"({os.cpu_count()} logical CPUs), oneDNN CPU kernels "
-        f"{'on' if onednn_enabled() else 'off'}; median of up to {settings.repeats} timed calls.",
+        f"{'on' if onednn_enabled() else 'off'}; median of up to {settings.repeats} timed calls; "
+        f"`ours` runs {_default_path()}.",
         "",
     ]
     for case, title in (
@@ -372,7 +388,7 @@ def report(results: list[dict], settings: Settings) -> str:
             "| --- | --- | --- |",
             f"| RGB only | {_fmt(rgb)} | 1.00x |",
         ]
-        for impl, label in (("flow_block1", "chunks"), ("flow_block1_whole", "whole batch")):
+        for impl, label in (("flow_block1", "ours"), ("flow_block1_xla", "ours_xla")):
             flow = ms("resnet18", impl, "train_step")
             ratio = f"{flow / rgb:.2f}x" if rgb and flow else "-"
             lines.append(
@@ -387,7 +403,7 @@ def report(results: list[dict], settings: Settings) -> str:
             "| implementation | fwd MB | fwd+bwd MB | fwd+bwd / fwd |",
             "| --- | --- | --- | --- |",
         ]
-        for impl in ("ours", "ours_graph", "autodiff_graph"):
+        for impl in ("ours", "ours_xla", "ours_whole", "ours_graph", "autodiff_graph"):
             fwd = index.get(("memory50", impl, "fwd"), {}).get("peak_mb")
             both = index.get(("memory50", impl, "fwd+bwd"), {}).get("peak_mb")
             if fwd is None and both is None:
@@ -424,6 +440,14 @@ def _kernels_table(ms, index) -> list[str]:
         ratio = f"{eigen / onednn:.2f}x" if eigen and onednn else "-"
         lines.append(f"| {label} | {_fmt(eigen)} | {_fmt(onednn)} | {ratio} |")
     return [*lines, ""]
+
+
+def _default_path() -> str:
+    if ops.resolved_native():
+        return "the fused CPU kernels (repflow_tf.native)"
+    reason = native.unavailable_reason()
+    unavailable = f": the fused kernels are unavailable, {reason}" if reason else ""
+    return f"the TensorFlow ops (XLA){unavailable}"
 
 
 def _fmt(value, spec=".1f"):

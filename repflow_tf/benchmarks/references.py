@@ -75,8 +75,8 @@ def autodiff_layers():
     """Inside, flow layers traced anew run `autodiff_iterate` instead of `ops.tvl1_iterate`."""
     original = ops.tvl1_iterate
 
-    def iterate(*args, learn=None, jit_compile=None, checkpoint_every=None, **kwargs):
-        del learn, jit_compile, checkpoint_every  # autodiff computes every gradient
+    def iterate(*args, learn=None, jit_compile=None, checkpoint_every=None, native=None, **kwargs):
+        del learn, jit_compile, checkpoint_every, native  # autodiff computes every gradient
         return autodiff_iterate(*args, **kwargs)
 
     ops.tvl1_iterate = iterate
