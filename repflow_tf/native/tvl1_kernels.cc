@@ -882,18 +882,22 @@ class Tvl1GradOp : public OpKernel {
 
 using ::tensorflow::shape_inference::InferenceContext;
 
+// The inputs of the iteration, which both ops take first.
+#define REPFLOW_ITERATION_INPUTS                                                   \
+  Input("frame1: T")                                                               \
+      .Input("frame2: T")                                                          \
+      .Input("image_kernel_x: T")                                                  \
+      .Input("image_kernel_y: T")                                                  \
+      .Input("difference_kernel_x: T")                                             \
+      .Input("difference_kernel_y: T")                                             \
+      .Input("divergence_kernel_x: T")                                             \
+      .Input("divergence_kernel_y: T")                                             \
+      .Input("theta: T")                                                           \
+      .Input("lambda: T")                                                          \
+      .Input("tau: T")
+
 REGISTER_OP("RepflowTvl1")
-    .Input("frame1: T")
-    .Input("frame2: T")
-    .Input("image_kernel_x: T")
-    .Input("image_kernel_y: T")
-    .Input("difference_kernel_x: T")
-    .Input("difference_kernel_y: T")
-    .Input("divergence_kernel_x: T")
-    .Input("divergence_kernel_y: T")
-    .Input("theta: T")
-    .Input("lambda: T")
-    .Input("tau: T")
+    .REPFLOW_ITERATION_INPUTS
     .Output("flow_x: T")
     .Output("flow_y: T")
     .Attr("T: {float, double}")
@@ -909,17 +913,7 @@ REGISTER_OP("RepflowTvl1")
     .Doc("Runs num_iter iterations of representation flow (TV-L1) from zero flow.");
 
 REGISTER_OP("RepflowTvl1Grad")
-    .Input("frame1: T")
-    .Input("frame2: T")
-    .Input("image_kernel_x: T")
-    .Input("image_kernel_y: T")
-    .Input("difference_kernel_x: T")
-    .Input("difference_kernel_y: T")
-    .Input("divergence_kernel_x: T")
-    .Input("divergence_kernel_y: T")
-    .Input("theta: T")
-    .Input("lambda: T")
-    .Input("tau: T")
+    .REPFLOW_ITERATION_INPUTS
     .Input("grad_flow_x: T")
     .Input("grad_flow_y: T")
     .Output("grad_frame1: T")
