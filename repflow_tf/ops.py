@@ -1027,15 +1027,17 @@ def tvl1_iterate(
     """Runs Algorithm 1 with explicit (possibly learnable) kernels and θ, λ, τ.
 
     Computes in float64 when `frame1` is float64, else in float32. Returns (u_x, u_y), each
-    shaped like `frame1`. The graph size does not depend on `num_iter` (static while loops).
+    shaped like `frame1`. The graph size does not depend on `num_iter` (static while loops,
+    or one op).
 
-    Gradient: a hand-written reverse-mode pass, never autodiff through the loop. The forward
-    stores the state (u, p: 6 tensors the size of a frame batch) every `checkpoint_every`
-    iterations (default ⌈√num_iter⌉); the backward walks the segments in reverse, recomputes
-    each segment's states from its checkpoint and applies every iteration's hand-derived VJP.
+    Gradient: a hand-written reverse-mode pass, never autodiff through the loop. Gradients
+    reach only the groups in `learn` (a subset of LEARNABLE_GROUPS; the others get zeros and
+    cost nothing) and always both frames. With the TensorFlow ops, the forward stores the
+    state (u, p: 6 tensors the size of a frame batch) every `checkpoint_every` iterations
+    (default ⌈√num_iter⌉); the backward walks the segments in reverse, recomputes each
+    segment's states from its checkpoint and applies every iteration's hand-derived VJP.
     Memory: about 6 (num_iter / k + k) frame-batch tensors for interval k; compute: one more
-    forward. Gradients reach only the groups in `learn` (a subset of LEARNABLE_GROUPS; the
-    others get zeros and cost nothing) and always both frames.
+    forward.
 
     `native` (None: `resolved_native()`, the kernels on a machine without a GPU) runs the fused
     CPU kernels of repflow_tf.native instead of TensorFlow ops, except inside an XLA-compiled

@@ -858,6 +858,16 @@ def test_a_failed_build_says_why_and_keeps_its_log(fresh_native_build, monkeypat
     assert "no headers here" in open(log).read()
 
 
+def test_a_corrupt_cached_build_is_named_with_how_to_rebuild_it(fresh_native_build):
+    compiler = native._compiler()
+    cached = fresh_native_build / "cache" / f"tvl1_kernels-{native._build_key(compiler)}.so"
+    cached.parent.mkdir()
+    cached.write_bytes(b"not a shared library")
+    assert not native.available()
+    assert native.unavailable_reason().startswith(f"loading {cached} failed (")
+    assert native.unavailable_reason().endswith("; delete it to build it again")
+
+
 def test_the_switch_turns_the_kernels_off_without_a_warning(
     fresh_native_build, monkeypatch, caplog
 ):

@@ -188,11 +188,15 @@ def _load():
     try:
         compiler = _compiler()
         path = _build(compiler, _build_key(compiler))
-        return _load_library(str(path)), None
     except NativeKernelsUnavailable as error:
         return None, str(error)
+    except (OSError, subprocess.SubprocessError) as error:
+        return None, f"building the kernels failed: {error}"
+    try:
+        return _load_library(str(path)), None
     except (tf.errors.OpError, OSError) as error:
-        return None, f"loading the compiled kernels failed: {str(error).splitlines()[0]}"
+        first = (str(error).splitlines() or [type(error).__name__])[0]
+        return None, f"loading {path} failed ({first}); delete it to build it again"
 
 
 def library():

@@ -43,6 +43,8 @@ constexpr int64_t kUnitArrayBytes = 16 * 1024;
 // it stores every k-th (k = ceil(sqrt(num_iter))) and recomputes the others segment by segment.
 constexpr int64_t kStoredStateBytes = 8 * 1024 * 1024;
 constexpr int kStateArrays = 6;  // u_x, u_y, p_xx, p_xy, p_yx, p_yy
+// The scratch of the units running at once stays within this (fewer threads for huge frames).
+constexpr int64_t kScratchBudgetBytes = int64_t(2) << 30;
 
 // The sums over pixels a unit's gradient accumulates, per channel.
 enum Sum {
@@ -597,17 +599,36 @@ bool MakeProblem(OpKernelContext* context, int num_iter, Problem<T>* problem) {
   return true;
 }
 
-// Runs `work(unit, scratch)` for every unit on TensorFlow's CPU worker threads, each thread
-// with its own scratch of `scratch_values` zeroed values (borders must start at 0).
+// Runs `work(unit, scratch)` for every unit on TensorFlow's CPU worker threads. The units are
+// cut into as many shards as threads (fewer where their scratch would pass kScratchBudgetBytes
+// together), each with its own scratch of `scratch_values` values, zeroed before its first unit
+// (borders must start at 0), allocated by TensorFlow (an OOM is an error, not an abort).
 template <typename T, typename Work>
-void ForEachUnit(OpKernelContext* context, const Problem<T>& p, int64_t scratch_values,
-                 int64_t cost_per_unit, Work work) {
+absl::Status ForEachUnit(OpKernelContext* context, const Problem<T>& p, int64_t scratch_values,
+                         Work work) {
   auto* workers = context->device()->tensorflow_cpu_worker_threads();
-  ::tensorflow::Shard(workers->num_threads, workers->workers, p.units(), cost_per_unit,
+  const int64_t affordable =
+      std::max<int64_t>(1, kScratchBudgetBytes / (scratch_values * int64_t(sizeof(T))));
+  const int64_t shards = std::min<int64_t>({p.units(), workers->num_threads, affordable});
+  const int64_t units_per_shard = (p.units() + shards - 1) / shards;
+  Tensor scratch;
+  TF_RETURN_IF_ERROR(context->allocate_temp(::tensorflow::DataTypeToEnum<T>::value,
+                                            TensorShape({shards * scratch_values}), &scratch));
+  T* base = scratch.flat<T>().data();
+  // A cost this high makes Shard run every shard as a task of its own.
+  ::tensorflow::Shard(shards, workers->workers, shards, int64_t(1) << 30,
                       [&](int64_t begin, int64_t end) {
-                        std::vector<T> scratch(scratch_values, T(0));
-                        for (int64_t unit = begin; unit < end; ++unit) work(unit, scratch.data());
+                        for (int64_t shard = begin; shard < end; ++shard) {
+                          T* own = base + shard * scratch_values;
+                          std::fill_n(own, scratch_values, T(0));
+                          const int64_t last =
+                              std::min(p.units(), (shard + 1) * units_per_shard);
+                          for (int64_t unit = shard * units_per_shard; unit < last; ++unit) {
+                            work(unit, own);
+                          }
+                        }
                       });
+  return absl::OkStatus();
 }
 
 template <typename T>
@@ -635,7 +656,7 @@ class Tvl1Op : public OpKernel {
     T* out_y = flow_y->flat<T>().data();
     // frames 2, fields 4, two states 12
     const int64_t arrays = 2 + 4 + 2 * kStateArrays;
-    ForEachUnit(context, p, arrays * size, 60 * num_iter_ * size, [&](int64_t unit, T* scratch) {
+    OP_REQUIRES_OK(context, ForEachUnit(context, p, arrays * size, [&](int64_t unit, T* scratch) {
       const int64_t pair = unit / p.blocks(), c0 = (unit % p.blocks()) * p.block;
       T* frame1 = scratch;
       T* frame2 = scratch + size;
@@ -654,7 +675,7 @@ class Tvl1Op : public OpKernel {
       const State<T>& result = states[num_iter_ % 2];
       Store(result.ux, p, g, c0, out_x + pair * frame_values);
       Store(result.uy, p, g, c0, out_y + pair * frame_values);
-    });
+    }));
   }
 
  private:
@@ -711,7 +732,7 @@ class Tvl1GradOp : public OpKernel {
     T* frame1_grad = outputs[0]->flat<T>().data();
     T* frame2_grad = outputs[1]->flat<T>().data();
 
-    ForEachUnit(context, p, scratch_values, 300 * num_iter_ * size, [&](int64_t unit, T* s) {
+    OP_REQUIRES_OK(context, ForEachUnit(context, p, scratch_values, [&](int64_t unit, T* s) {
       const int64_t pair = unit / p.blocks(), c0 = (unit % p.blocks()) * p.block;
       // What a unit accumulates into, or reads before writing, is zeroed for each unit: the
       // adjoint, the accumulators, the frame gradient, the zero state entering iteration 0.
@@ -784,7 +805,7 @@ class Tvl1GradOp : public OpKernel {
           unit_partial[sum * p.block + k % p.block] += acc.sums[sum * n + k];
         }
       }
-    });
+    }));
     WriteParameterGradients(context, p, partial, unit_sums, outputs);
   }
 
