@@ -2,7 +2,8 @@
 budget on the synthetic motion demo, >= 2 seeds, mean ± std, next to the paper's numbers.
 
     python bin/reproduce.py                        # all RGB rows, 2 seeds, about 50 min on 2 cores
-    python bin/reproduce.py --quick                # a smoke run, 1 seed, about 8 min (2 jobs)
+    python bin/reproduce.py --quick                # a smoke run, 1 seed, about 3 min (2 jobs)
+    python bin/reproduce.py --step_costs           # one train step of every run, kernels vs XLA
     python bin/reproduce.py --jobs=2               # two runs at once (--quick's default)
     python bin/reproduce.py --dry_run              # the rows, runs and budget; trains nothing
     python bin/reproduce.py --tables=1,3 --seeds=3 --root=runs/reproduce_t13
@@ -37,12 +38,19 @@ flags.DEFINE_bool(
 )
 flags.DEFINE_multi_string("set", [], "Config override for every row, section.key=value.")
 flags.DEFINE_bool("dry_run", False, "Print the plan (rows, runs, budget) and train nothing.")
+flags.DEFINE_bool(
+    "step_costs",
+    False,
+    "Time one training step of every run's model with the flow layer's fused CPU kernels and "
+    "with its XLA path (random clips, median of 5), print the table, train nothing.",
+)
 flags.DEFINE_integer(
     "jobs",
     None,
     "Runs trained at once, each in its own process with cores / jobs TensorFlow threads "
-    "(default: 2 with --quick, where 2 took 7.9 min against 10.8 with 1 on 2 cores; else 1, "
-    "the committed results' setting). The accuracies depend on the threads per process: "
+    "(default: 2 with --quick, where 2 took 7.9 min against 10.8 with 1 on 2 cores before the "
+    "fused flow kernels, 3.1 min with them; else 1, the committed results' setting). The "
+    "accuracies depend on the threads per process: "
     "compare runs of the same --jobs on the same core count.",
     lower_bound=1,
 )
@@ -71,6 +79,10 @@ def _run(argv: list[str]) -> None:
         return
     start_tensorflow()  # after the flags and every row's config were checked
     from repflow_tf import training
+
+    if FLAGS.step_costs:
+        print(reproduce.format_step_costs(reproduce.step_costs(plan)))
+        return
 
     try:
         jobs = FLAGS.jobs or (2 if FLAGS.quick else 1)

@@ -225,9 +225,9 @@ def _table_lines(root) -> list[str]:
         return [line for line in file if line.startswith("|")]
 
 
-def test_tiny_reproduction_in_two_processes_then_resume_trains_nothing(tmp_path, monkeypatch):
-    data_root = make_tiny_data(str(tmp_path / "data"))
-    # The rows set the flow layer and the budget the epochs.
+def _tiny_row_overrides(data_root: str) -> list[str]:
+    """The tiny model and data of test_training, less what the rows (the flow layer) and the
+    budget (the epochs) set."""
     rows_own = (
         "model.flow_position",
         "model.flow_learn",
@@ -235,7 +235,12 @@ def test_tiny_reproduction_in_two_processes_then_resume_trains_nothing(tmp_path,
         "trainer.epochs",
         "schedule.decay_epochs",
     )
-    overrides = [o for o in tiny_overrides(data_root) if not o.startswith(rows_own)]
+    return [o for o in tiny_overrides(data_root) if not o.startswith(rows_own)]
+
+
+def test_tiny_reproduction_in_two_processes_then_resume_trains_nothing(tmp_path, monkeypatch):
+    data_root = make_tiny_data(str(tmp_path / "data"))
+    overrides = _tiny_row_overrides(data_root)
     rows = [r for r in reproduce.ROWS if r.id in ("t3_fixed_1", "t3_learned_1")]
     root = str(tmp_path / "reproduce")
     the_plan = reproduce.plan(
@@ -282,6 +287,41 @@ def test_tiny_reproduction_in_two_processes_then_resume_trains_nothing(tmp_path,
         assert [r["accuracies"] for r in again["rows"]] == [
             r["accuracies"] for r in results["rows"]
         ]
+
+
+def test_step_costs_time_every_rgb_run_with_both_flow_implementations(tmp_path, monkeypatch):
+    """Two rows (RGB, learned flow after block 1) and the two-stream row, which reads other
+    inputs and is left out; the kernels' choice is what each timed model traced with."""
+    from repflow_tf import ops
+
+    rows = [r for r in reproduce.ROWS if r.id in ("t1_rgb", "t1_block1", "t1_two_stream")]
+    the_plan = reproduce.plan(
+        str(tmp_path),
+        budget=TINY_BUDGET,
+        rows=rows,
+        with_two_stream=True,
+        overrides=_tiny_row_overrides(str(tmp_path / "unused")),
+        base_config=BASE,
+    )
+    traced_with = []
+    resolved = ops.resolved_native
+    monkeypatch.setattr(
+        ops, "resolved_native", lambda *a: traced_with.append(resolved(*a)) or traced_with[-1]
+    )
+    costs = reproduce.step_costs(the_plan, repeats=2)
+    assert list(costs) == ["t1_rgb", "t1_block1"]
+    for by_name in costs.values():
+        assert list(by_name) == list(reproduce.STEP_COST_IMPLEMENTATIONS)
+        assert all(ms > 0 for ms in by_name.values())
+    # Only the flow row traces a flow layer: with the kernels, then with XLA.
+    assert True in traced_with and traced_with == sorted(traced_with, reverse=True)
+    assert traced_with[-1] is False
+    lines = reproduce.format_step_costs(costs).splitlines()
+    assert lines[0] == "| run | fused kernels ms | XLA ms | XLA / fused kernels |"
+    assert lines[2].startswith("| t1_rgb | ") and lines[3].startswith("| t1_block1 | ")
+    total = costs["t1_rgb"]["XLA"] + costs["t1_block1"]["XLA"]
+    assert lines[4].startswith("| all runs, one step each | ")
+    assert f"| {total:.0f} |" in lines[4]
 
 
 def test_cli_dry_run_prints_the_plan_and_rejects_bad_flags(tmp_path):

@@ -20,44 +20,44 @@ Block 3" in the paper: our `block2`. Table 1's and Table 5's flow layers learn t
 The paper's numbers are Mini-Kinetics top-1 accuracy (%); ours are validation clip accuracy (%)
 on the synthetic data, a different task and scale: compare the order of the rows, not values.
 
-Cost model, measured once on the quiet 2-core CPU (flow layer in chunks of frame pairs, see
-`ops.CHUNK_BYTES`): one `train_on_batch` of each row's model on a batch of 16 clips of 8 x 56 x 56
-(median of 5 after a warm-up), and the fixed costs from a run's log.
+Cost model. One training step of each run's model (`bin/reproduce.py --step_costs`:
+`train_on_batch` on 16 random clips of 8 x 56 x 56, median of 5 after a warm-up), with the flow
+layer's fused CPU kernels (its default here) and with its XLA path (TensorFlow ops in chunks, the
+default before the kernels), measured side by side on 2026-12-04, a slow day for this CPU (the
+RGB CNN's step took 220 ms; 92 ms on a quiet day):
 
-| row (ours) | ms per step |
-| --- | ---: |
-| RGB CNN | 92 |
-| flow on the input, learned, 10 it. | 814 |
-| after the stem / block1, learned, 10 it. | 337 / 397 |
-| after block2 / block4, learned, 10 it. (block3 in between) | 154 / 118 |
-| after block2, fixed / learned, 50 it. | 277 / 389 |
-| after block2, FcF, learned, 10 it. | 212 |
+| run (ours) | fused kernels ms | XLA ms |
+| --- | ---: | ---: |
+| RGB CNN | 220 | 243 |
+| flow on the input, learned, 10 it. | 389 | 907 |
+| after the stem / block1, learned, 10 it. | 262 / 287 | 462 / 600 |
+| after block2 / block3 / block4, learned, 10 it. | 229 / 234 / 222 | 255 / 220 / 232 |
+| after block2, fixed / learned, 50 it. | 262 / 329 | 382 / 444 |
+| after block2, flow-of-flow / FcF, learned, 10 it. | 243 / 288 | 383 / 377 |
+| one step of each of the 22 distinct runs | 5622 | 7573 |
 
-Interpolating the rows not timed (Table 2's groups about block2's; 1, 5, 20 iterations between
-block2's 10 and 50), one training step of all 22 distinct RGB configs (Tables 1, 2, 3, 5 without
-the optical flow baselines; shared rows train once) costs about 4.8 s, a validation batch about
-a third of that. Each run also has fixed costs, measured in a `--quick` run's logs
-(2026-12-03): about 13 s of its first epoch for a flow row (3 s for RGB) is tracing the train
-and test steps (~6 s) and compiling the flow layer's XLA functions (forward 1.2 s, backward 3.1 s,
-inference 1.0 s at 10 iterations; rows that differ only in the learned groups share the
-forward's), plus about 1.6 s outside the loop (model, checkpoint files) and 1.5 s per epoch
-(checkpoint, validation pipeline). Rounded to 16 s per run: with `B` batches per epoch, `V`
-validation batches and `E` epochs one seed costs about
-`22 x 16 s + E x (22 x 1.5 s + B x 4.8 s + V x 1.6 s)`, plus the data (about 0.015 s per video):
+With the kernels the CNN is most of every step (the flow layers add 0-170 ms to the RGB CNN's
+220), so the budget scales with the CNN. Each run also has fixed costs: tracing the train and
+test steps (about 6 s on a quiet day; the flow layer's XLA compiles, 5 s per run at 10
+iterations, are gone with the kernels), about 1.6 s outside the loop (model, checkpoint files)
+and 1.5 s per epoch (checkpoint, validation pipeline); rounded to 12 s per run. With `B`
+batches per epoch, `V` validation batches (about a third of a step each) and `E` epochs, one
+seed costs about `22 x 12 s + E x (22 x 1.5 s + B x S + V x S / 3)`, `S` the sum of one step of
+each run, plus the data (about 0.015 s per video):
 
 - default, 512 training / 64 validation videos (B = 32, V = 4), E = 6 epochs (192 steps; the
-  demo's learned block leaves chance after 64 and reaches 88% after 192), 2 seeds:
-  2 x (352 + 6 x (33 + 154 + 6)) s = 2 x 1510 s, about 50 minutes (<= 60; measured 53.9 min on a
-  quiet day and 73.0 min on a slower one);
+  demo's learned block leaves chance after 64 and reaches 88% after 192), 2 seeds: on the slow
+  day above (S = 5.6 s) 2 x (264 + 6 x (33 + 179 + 7.5)) s = 2 x 1582 s, about 53 minutes;
+  measured that day: **49.8 min** (44 runs, 48.4 min of training), inside the 60. Runs of the
+  XLA path took 53.9 (quiet day), 73.0 and 85.0 min;
 - quick, 128 / 32 videos (B = 8, V = 2), E = 2 epochs (16 steps: a smoke run of every row's
-  pipeline, every row is still at chance), 1 seed (the fixed costs alone of a second seed would
-  take 6 of the 10 minutes; `--seeds=2` for mean ± std): 352 + 2 x (33 + 38 + 3) s = 500 s,
-  about 9 minutes with the 10% the formula under-counted at E = 3 (574 s estimated, 10.4 and
-  10.8 minutes measured on a quiet CPU, over the 10: hence 2 epochs);
+  pipeline, every row is still at chance), 1 seed, 2 runs at once (below): 3.1 min measured
+  (2026-12-04; 7.9 min on the XLA path);
 - `--jobs=2` trains two runs at once, each in its own process with one TensorFlow thread on 2 cores
   (bin/reproduce.py's default with `--quick`): these small models use a second thread badly, and
   tracing and XLA compiling, a third of a quick run, run on one thread anyway. Measured in one
-  sitting (2026-12-04, snapshot of 854d75e, fresh roots): the quick reproduction took 7.9 min with
+  sitting on the XLA path (2026-12-04, snapshot of 854d75e, fresh roots; not re-measured with
+  the fused kernels): the quick reproduction took 7.9 min with
   `--jobs=2` and 10.8 min with `--jobs=1` (each run 1.46x as long, two at a time: 1.37x the
   throughput). In steady state (epoch 2 of `training.train` on the default budget's data, 24 steps;
   same sitting) one process with 2 threads made 2.46 steps/s for the RGB CNN and 0.59 for flow on
@@ -247,7 +247,7 @@ class Budget:
 
 BUDGETS = {
     "default": Budget("default", 512, 64, 6, seeds=2, estimate_minutes=50),
-    "quick": Budget("quick", 128, 32, 2, seeds=1, estimate_minutes=9),
+    "quick": Budget("quick", 128, 32, 2, seeds=1, estimate_minutes=4),
 }
 
 
@@ -402,6 +402,74 @@ def run(
         for run_id, seed, summary, seconds in _train_in_parallel(the_plan, pending, train, jobs):
             progress.record(run_id, seed, summary, seconds)
     return progress.done()
+
+
+# The flow layer's implementations `step_costs` compares: `repflow_tf.ops.DEFAULT_NATIVE` for each.
+STEP_COST_IMPLEMENTATIONS = {"fused kernels": None, "XLA": False}
+
+
+def step_costs(
+    the_plan: Plan, *, repeats: int = 5, log: TextIO = sys.stdout
+) -> dict[str, dict[str, float]]:
+    """Milliseconds of one training step (`train_on_batch`, the model and optimizer `train`
+    builds, random clips of the run's batch shape; median of `repeats` after a warm-up call) of
+    every distinct run's model, with each of the flow layer's implementations: the default (the
+    fused CPU kernels where no GPU is visible) and the XLA path. Returns {run id: {name: ms}}.
+    Optical flow rows (other inputs) are left out; a line per run goes to `log`. Trains
+    nothing, reads no data."""
+    import numpy as np
+    import tensorflow as tf
+
+    from repflow_tf import ops, training
+
+    costs = {}
+    for run_id, config in the_plan.runs.items():
+        if config.model.inputs != "rgb":
+            continue
+        data = config.data
+        rng = np.random.default_rng(0)
+        clips = rng.uniform(
+            0, 255, (data.batch_size, data.num_frames, data.crop_size, data.crop_size, 3)
+        ).astype("float32")
+        labels = np.eye(config.model.num_classes, dtype="float32")[
+            rng.integers(0, config.model.num_classes, data.batch_size)
+        ]
+        costs[run_id] = {}
+        for name, native in STEP_COST_IMPLEMENTATIONS.items():
+            with ops.default_native(native):
+                model = training._build_model_and_optimizer(
+                    config, tf.distribute.get_strategy(), 1
+                )[0]
+                model.train_on_batch(clips, labels)  # traces (and compiles) the step
+                times = []
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    model.train_on_batch(clips, labels)
+                    times.append((time.perf_counter() - start) * 1e3)
+            costs[run_id][name] = statistics.median(times)
+        measured = ", ".join(f"{name} {ms:.0f} ms" for name, ms in costs[run_id].items())
+        print(f"[{len(costs)}] {run_id}: {measured}", file=log, flush=True)
+    return costs
+
+
+def format_step_costs(costs: dict[str, dict[str, float]]) -> str:
+    """`step_costs` as a Markdown table, with the sum over the runs (one step of each)."""
+    names = list(STEP_COST_IMPLEMENTATIONS)
+    lines = [
+        f"| run | {' | '.join(f'{name} ms' for name in names)} | {names[1]} / {names[0]} |",
+        "| --- |" + " ---: |" * (len(names) + 1),
+    ]
+    totals = dict.fromkeys(names, 0.0)
+    for run_id, by_name in costs.items():
+        for name in names:
+            totals[name] += by_name[name]
+        cells = " | ".join(f"{by_name[name]:.0f}" for name in names)
+        lines.append(f"| {run_id} | {cells} | {by_name[names[1]] / by_name[names[0]]:.2f}x |")
+    cells = " | ".join(f"{totals[name]:.0f}" for name in names)
+    lines.append(
+        f"| all runs, one step each | {cells} | {totals[names[1]] / totals[names[0]]:.2f}x |"
+    )
+    return "\n".join(lines)
 
 
 def _seeds_side_by_side(the_plan: Plan, keys: list[tuple[str, int]]) -> list[tuple[str, int]]:
