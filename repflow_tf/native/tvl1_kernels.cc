@@ -82,31 +82,36 @@ struct Problem {
   int64_t blocks() const { return (channels + block - 1) / block; }
 };
 
-// Per-unit copies of the per-channel taps, expanded along a row so that inner loops index them
-// like the data (value i of a row is channel i % B).
+// A per-channel parameter (C values) along a row of the unit whose channels start at c0, so
+// that inner loops index it like the data (value k of a row is channel c0 + k % B); 0 for the
+// padding channels of a last, partial block.
+template <typename T>
+std::vector<T> AlongRow(const T* values, const Problem<T>& p, const Geometry& g, int64_t c0) {
+  std::vector<T> row(g.span());
+  for (int64_t k = 0; k < g.span(); ++k) {
+    const int64_t c = c0 + k % g.block;
+    row[k] = c < p.channels ? values[c] : T(0);
+  }
+  return row;
+}
+
+// A unit's taps of the difference and divergence kernels (tap t of a kernel at [t * C + c]).
 template <typename T>
 struct Taps {
   std::vector<T> diff_x0, diff_x1, diff_y0, diff_y1, div_x0, div_x1, div_y0, div_y1;
   std::vector<T> not_last_column;  // 1 where x < W - 1: the forward difference along x is 0 at W - 1
 
-  Taps(const Problem<T>& problem, const Geometry& g, int64_t first_channel) {
-    const int64_t n = g.span();
-    auto expand = [&](const T* kernel, int tap, std::vector<T>* out) {
-      out->resize(n);
-      for (int64_t i = 0; i < n; ++i) {
-        (*out)[i] = kernel[tap * problem.channels + first_channel + i % g.block];
-      }
-    };
-    expand(problem.diff_x, 0, &diff_x0);
-    expand(problem.diff_x, 1, &diff_x1);
-    expand(problem.diff_y, 0, &diff_y0);
-    expand(problem.diff_y, 1, &diff_y1);
-    expand(problem.div_x, 0, &div_x0);
-    expand(problem.div_x, 1, &div_x1);
-    expand(problem.div_y, 0, &div_y0);
-    expand(problem.div_y, 1, &div_y1);
-    not_last_column.assign(n, T(1));
-    for (int64_t i = (g.width - 1) * g.block; i < n; ++i) not_last_column[i] = T(0);
+  Taps(const Problem<T>& p, const Geometry& g, int64_t c0)
+      : diff_x0(AlongRow(p.diff_x, p, g, c0)),
+        diff_x1(AlongRow(p.diff_x + p.channels, p, g, c0)),
+        diff_y0(AlongRow(p.diff_y, p, g, c0)),
+        diff_y1(AlongRow(p.diff_y + p.channels, p, g, c0)),
+        div_x0(AlongRow(p.div_x, p, g, c0)),
+        div_x1(AlongRow(p.div_x + p.channels, p, g, c0)),
+        div_y0(AlongRow(p.div_y, p, g, c0)),
+        div_y1(AlongRow(p.div_y + p.channels, p, g, c0)),
+        not_last_column(g.span(), T(1)) {
+    for (int64_t k = (g.width - 1) * g.block; k < g.span(); ++k) not_last_column[k] = T(0);
   }
 };
 
@@ -181,14 +186,10 @@ template <typename T>
 void Correlate(const T* frame, const T* kernel, int kh, int kw, const Problem<T>& p,
                const Geometry& g, int64_t c0, T* out) {
   const int64_t n = g.span();
-  std::vector<T> tap(n);
   for (int64_t y = 0; y < g.height; ++y) std::fill_n(out + g.start(y), n, T(0));
   for (int i = 0; i < kh; ++i) {
     for (int j = 0; j < kw; ++j) {
-      for (int64_t k = 0; k < n; ++k) {
-        const int64_t c = c0 + k % g.block;
-        tap[k] = c < p.channels ? kernel[(i * kw + j) * p.channels + c] : T(0);
-      }
+      const std::vector<T> tap = AlongRow(kernel + (i * kw + j) * p.channels, p, g, c0);
       const int64_t offset = TapOffset(g, kh, kw, i, j);
       for (int64_t y = 0; y < g.height; ++y) {
         T* o = out + g.start(y);
@@ -477,13 +478,9 @@ void CorrelateVjp(const T* grad, const T* frame, const T* kernel, int kh, int kw
                   const Problem<T>& p, const Geometry& g, int64_t c0, T* frame_grad,
                   double* kernel_sums) {
   const int64_t n = g.span();
-  std::vector<T> tap(n);
   for (int i = 0; i < kh; ++i) {
     for (int j = 0; j < kw; ++j) {
-      for (int64_t k = 0; k < n; ++k) {
-        const int64_t c = c0 + k % g.block;
-        tap[k] = c < p.channels ? kernel[(i * kw + j) * p.channels + c] : T(0);
-      }
+      const std::vector<T> tap = AlongRow(kernel + (i * kw + j) * p.channels, p, g, c0);
       const int64_t offset = TapOffset(g, kh, kw, i, j);
       for (int64_t y = 0; y < g.height; ++y) {
         const T* gr = grad + g.start(y);
