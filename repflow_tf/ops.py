@@ -522,12 +522,18 @@ def default_chunk_bytes(chunk_bytes: int | None):
     ...     resolved_chunk_bytes()
     0
     """
-    global DEFAULT_CHUNK_BYTES
-    saved, DEFAULT_CHUNK_BYTES = DEFAULT_CHUNK_BYTES, chunk_bytes
+    with _module_default("DEFAULT_CHUNK_BYTES", chunk_bytes):
+        yield
+
+
+@contextlib.contextmanager
+def _module_default(name: str, value):
+    """Within, this module's global `name` (a DEFAULT_* setting) is `value`; restored after."""
+    saved, globals()[name] = globals()[name], value
     try:
         yield
     finally:
-        DEFAULT_CHUNK_BYTES = saved
+        globals()[name] = saved
 
 
 def _chunk_pairs(frame, chunk_bytes):
@@ -959,12 +965,8 @@ def default_native(native: bool | None):
     ...     resolved_native()
     False
     """
-    global DEFAULT_NATIVE
-    saved, DEFAULT_NATIVE = DEFAULT_NATIVE, native
-    try:
+    with _module_default("DEFAULT_NATIVE", native):
         yield
-    finally:
-        DEFAULT_NATIVE = saved
 
 
 @contextlib.contextmanager
@@ -1074,7 +1076,8 @@ def tvl1_iterate(
             "`checkpoint_every` must be a positive integer or None. "
             f"Received: checkpoint_every={checkpoint_every!r}"
         )
-    use_native = resolved_native(native) and not _custom_ops_unwelcome()
+    # Where the kernels cannot go, they are not even built (nor warned about).
+    use_native = not _custom_ops_unwelcome() and resolved_native(native)
     frame1 = tf.convert_to_tensor(frame1)
     dtype = tf.float64 if frame1.dtype == tf.float64 else tf.float32
     inputs = [

@@ -79,6 +79,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import datetime
+import functools
 import json
 import os
 import statistics
@@ -421,6 +422,7 @@ def step_costs(
     import tensorflow as tf
 
     from repflow_tf import ops, training
+    from repflow_tf.benchmarks.layer import time_calls
 
     costs = {}
     for run_id, config in the_plan.runs.items():
@@ -440,13 +442,12 @@ def step_costs(
                 model = training._build_model_and_optimizer(
                     config, tf.distribute.get_strategy(), 1
                 )[0]
-                model.train_on_batch(clips, labels)  # traces (and compiles) the step
-                times = []
-                for _ in range(repeats):
-                    start = time.perf_counter()
-                    model.train_on_batch(clips, labels)
-                    times.append((time.perf_counter() - start) * 1e3)
-            costs[run_id][name] = statistics.median(times)
+                step = time_calls(
+                    functools.partial(model.train_on_batch, clips, labels),
+                    repeats,
+                    cell_seconds=float("inf"),
+                )
+            costs[run_id][name] = step["ms"]
         measured = ", ".join(f"{name} {ms:.0f} ms" for name, ms in costs[run_id].items())
         print(f"[{len(costs)}] {run_id}: {measured}", file=log, flush=True)
     return costs
